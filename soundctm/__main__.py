@@ -1,0 +1,6 @@
+"""``python -m soundctm``."""
+
+from soundctm.cli.app import main
+
+if __name__ == "__main__":
+    main()

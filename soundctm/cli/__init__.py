@@ -1,0 +1,1 @@
+"""The ``soundctm`` command line: one file per command, thin over the library."""

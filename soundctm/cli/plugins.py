@@ -1,0 +1,56 @@
+"""``soundctm plugins``: list every installed component by kind."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from soundctm.cli.common import console, handle_errors
+from soundctm.plugins.registry import get_registry
+
+
+@handle_errors
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this kind (backbone, text_encoder, autoencoder, solver, dataset, metric, "
+            "command).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """List installed components by kind, with the plugin, version and description of each."""
+    registry = get_registry()
+    entries = list(registry.entries(kind)) if kind is None or kind else []
+    if kind is not None:
+        from soundctm.plugins.registry import KINDS
+
+        if kind not in KINDS:
+            from soundctm.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+    rows = [
+        {
+            "kind": e.kind,
+            "name": e.name,
+            "plugin": e.plugin,
+            "version": e.version,
+            "target": e.target_name,
+            "description": e.description,
+        }
+        for e in entries
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="soundctm components", show_lines=False)
+    for col in ("kind", "name", "plugin", "version", "description"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["plugin"], r["version"], r["description"])
+    console.print(table)

@@ -1,0 +1,222 @@
+"""``soundctm sample``: generate sounds from text prompts."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from soundctm.cli.common import console, err_console, handle_errors
+from soundctm.cli.models import resolve_model
+from soundctm.config import SampleSettings, load_settings
+from soundctm.errors import InvalidArgumentError
+
+
+def read_prompts_file(path: Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with ``#`` are not prompts."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"prompts file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"cannot read prompts file {str(path)!r}: {exc}") from exc
+    prompts = [ln.strip() for ln in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise InvalidArgumentError(f"prompts file {str(path)!r} has no prompts (one per line)")
+    return prompts
+
+
+@handle_errors
+def sample(
+    prompts: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help='Text prompts, e.g. "a high-pitched beep repeating three times".',
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint folder (default: the packaged default model).",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Sampling steps (default: the model's, 1 for a CTM student).", show_default=False
+        ),
+    ] = None,
+    gamma: Annotated[
+        float | None,
+        typer.Option(
+            help="CTM gamma in [0, 1]: 0 keeps content across step counts, 1 is CM multistep.",
+            show_default=False,
+        ),
+    ] = None,
+    nu: Annotated[
+        float | None,
+        typer.Option(
+            help="nu: extra classifier-free guidance on the student's jumps (1 = off).",
+            show_default=False,
+        ),
+    ] = None,
+    omega: Annotated[
+        float | None,
+        typer.Option(
+            help="omega: guidance strength the student was distilled for (teacher: the CFG scale).",
+            show_default=False,
+        ),
+    ] = None,
+    solver: Annotated[
+        str | None,
+        typer.Option(
+            help="Sampler: gamma (students), heun, euler, dpmpp-2m (teachers).", show_default=False
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the first sample; sample i uses seed + i (default: random).",
+            show_default=False,
+        ),
+    ] = None,
+    num_samples: Annotated[
+        int | None,
+        typer.Option(
+            "--num-samples", "-n", help="Samples per prompt (default: 1).", show_default=False
+        ),
+    ] = None,
+    seconds: Annotated[
+        float | None,
+        typer.Option(help="Clip length in seconds (default: the model's).", show_default=False),
+    ] = None,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts-file", "-f", help="A text file with one prompt per line.", show_default=False
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (default: outputs).", show_default=False),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Samples generated at once (default: 8).", show_default=False)
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="torch device (default: cpu).", show_default=False)
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML file whose \\[sample] table sets defaults.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Generate sounds from text prompts: WAV files, each with a JSON sidecar to reproduce it."""
+    settings = load_settings(
+        SampleSettings,
+        config,
+        model=model,
+        steps=steps,
+        gamma=gamma,
+        nu=nu,
+        omega=omega,
+        solver=solver,
+        seed=seed,
+        num_samples=num_samples,
+        seconds=seconds,
+        out=out,
+        batch_size=batch_size,
+        device=device,
+    )
+    all_prompts = list(prompts or [])
+    for i, p in enumerate(all_prompts):
+        if not p.strip():
+            raise InvalidArgumentError(
+                f'prompt {i + 1} is empty; describe the sound, e.g. "a dog barks twice"'
+            )
+    if prompts_file is not None:
+        all_prompts += read_prompts_file(prompts_file)
+    if not all_prompts:
+        raise InvalidArgumentError(
+            "no prompts given; pass one or more prompts or --prompts-file FILE"
+        )
+
+    from soundctm.engine.files import ensure_writable_dir
+
+    out_dir = ensure_writable_dir(settings.out)
+    model_dir = resolve_model(settings.model)
+
+    from soundctm.engine.audio_io import free_stem, sidecar_record, slug, write_sample
+    from soundctm.engine.checkpoint import card_sha256
+    from soundctm.engine.pipeline import Pipeline
+
+    with (
+        err_console.status("loading model", spinner="dots") if err_console.is_terminal else _null()
+    ):
+        pipe = Pipeline.load(model_dir, device=settings.device)
+    card_hash = card_sha256(model_dir)
+    expanded = [p for p in all_prompts for _ in range(settings.num_samples)]
+    base = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+    seeds = [base + i for i in range(len(expanded))]
+    params = pipe.resolve(
+        steps=settings.steps,
+        gamma=settings.gamma,
+        nu=settings.nu,
+        omega=settings.omega,
+        seconds=settings.seconds,
+        solver=settings.solver,
+    )
+
+    from soundctm.cli.progress import GenerationProgress
+
+    written: list[Path] = []
+    started = time.perf_counter()
+    with GenerationProgress(err_console, total=len(expanded), steps=params["steps"]) as bar:
+        batches = pipe.generate_batches(
+            expanded,
+            seeds=seeds,
+            steps=params["steps"],
+            gamma=params["gamma"],
+            nu=params["nu"],
+            omega=params["omega"],
+            seconds=params["seconds"],
+            solver=params["solver"],
+            batch_size=settings.batch_size,
+            callback=bar,
+        )
+        for gen in batches:
+            for audio, prm in zip(gen.audio, gen.params, strict=True):
+                path = free_stem(out_dir, f"{slug(prm.prompt)}-{prm.seed}")
+                record = sidecar_record(
+                    prm,
+                    sample_rate=gen.sample_rate,
+                    model_path=model_dir,
+                    model_card_sha256=card_hash,
+                )
+                written.append(write_sample(path, audio, gen.sample_rate, record))
+                bar.log(f"wrote {path}")
+    elapsed = time.perf_counter() - started
+    console.print(
+        f"{len(written)} sample(s), {params['steps']} step(s), gamma {params['gamma']:g}, "
+        f"nu {params['nu']:g}, omega {params['omega']:g}, in {elapsed:.2f} s -> {out_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None

@@ -1,0 +1,141 @@
+"""Typed settings for the CLI commands (pydantic-settings).
+
+Precedence, highest first: command-line flag > ``SOUNDCTM_<COMMAND>_<FIELD>`` environment
+variable > the ``[<command>]`` table of the TOML file given with ``--config`` (or
+``SOUNDCTM_CONFIG``) > the default. Library functions take plain arguments; settings are
+resolved in the CLI only. This module must not import torch.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from soundctm.errors import InvalidArgumentError
+
+CONFIG_ENV = "SOUNDCTM_CONFIG"
+MAX_SEED = 2**63 - 1
+_toml_section: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "soundctm_toml_section", default=None
+)
+
+
+class _TomlSection(PydanticBaseSettingsSource):
+    """The ``[command]`` table of the current TOML config file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_toml_section.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_toml_section.get() or {})
+
+
+class CommandSettings(BaseSettings):
+    """Base class: subclasses set ``command`` and an env prefix ``SOUNDCTM_<COMMAND>_``."""
+
+    command: ClassVar[str] = ""
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlSection(settings_cls)
+
+
+class SampleSettings(CommandSettings):
+    """Settings of ``soundctm sample``."""
+
+    command: ClassVar[str] = "sample"
+    model_config = SettingsConfigDict(env_prefix="SOUNDCTM_SAMPLE_", extra="forbid")
+
+    model: Path | None = None
+    steps: int | None = Field(default=None, ge=1)
+    gamma: float | None = Field(default=None, ge=0.0, le=1.0)
+    nu: float | None = Field(default=None, ge=0.0)
+    omega: float | None = Field(default=None, ge=0.0)
+    solver: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    num_samples: int = Field(default=1, ge=1)
+    seconds: float | None = Field(default=None, gt=0.0)
+    out: Path = Path("outputs")
+    batch_size: int = Field(default=8, ge=1)
+    device: str = "cpu"
+
+
+class RefineSettings(CommandSettings):
+    """Settings of ``soundctm refine``."""
+
+    command: ClassVar[str] = "refine"
+    model_config = SettingsConfigDict(env_prefix="SOUNDCTM_REFINE_", extra="forbid")
+
+    steps: int = Field(default=16, ge=1)
+    gamma: float = Field(default=0.0, ge=0.0, le=1.0)
+    model: Path | None = None
+    out: Path | None = None
+    device: str = "cpu"
+
+
+def read_toml_section(path: Path | None, command: str) -> dict[str, Any]:
+    """The ``[command]`` table of a TOML file (empty if there is no file or no such table)."""
+    if path is None:
+        env = os.environ.get(CONFIG_ENV)
+        path = Path(env) if env else None
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise InvalidArgumentError(f"config file {str(path)!r} does not exist; fix --config")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"config file {path} is not valid TOML: {exc}") from exc
+    section = data.get(command, {})
+    if not isinstance(section, dict):
+        raise InvalidArgumentError(f"[{command}] in {path} must be a table")
+    return {k.replace("-", "_"): v for k, v in section.items()}
+
+
+def flag_name(field: str) -> str:
+    """``num_samples`` -> ``--num-samples``."""
+    return "--" + field.replace("_", "-")
+
+
+S = TypeVar("S", bound=CommandSettings)
+
+
+def load_settings(cls: type[S], config: Path | None = None, **flags: Any) -> S:
+    """Resolve settings: flags (``None`` = not given) > env > TOML ``[command]`` > defaults."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    token = _toml_section.set(read_toml_section(config, cls.command))
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            raise InvalidArgumentError(
+                f"unknown setting {field!r} for {cls.command} (from the config file or "
+                f"environment); check its spelling"
+            ) from exc
+        raise InvalidArgumentError(
+            f"invalid {flag_name(field)} {value!r}: {err['msg'].lower()}"
+        ) from exc
+    finally:
+        _toml_section.reset(token)

@@ -1,0 +1,139 @@
+"""Writing generated audio: WAV files (soundfile) with a JSON sidecar that reproduces them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from torch import Tensor
+
+from soundctm._version import __version__
+from soundctm.engine.files import atomic_path
+from soundctm.engine.pipeline import SampleParams
+from soundctm.errors import AudioFileError, OutputPathError
+
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(wav: Path) -> Path:
+    """The sidecar of ``x.wav`` is ``x.json``."""
+    return Path(wav).with_suffix(".json")
+
+
+def slug(text: str, max_len: int = 40) -> str:
+    """A file-name-safe short form of a prompt."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (s[:max_len].rstrip("-")) or "sample"
+
+
+def free_stem(folder: Path, stem: str) -> Path:
+    """``folder/stem.wav`` or ``folder/stem-N.wav`` such that neither the WAV nor its sidecar
+    exists yet (outputs never overwrite)."""
+    candidate, i = folder / f"{stem}.wav", 0
+    while candidate.exists() or sidecar_path(candidate).exists():
+        i += 1
+        candidate = folder / f"{stem}-{i}.wav"
+    return candidate
+
+
+def sidecar_record(
+    params: SampleParams,
+    *,
+    sample_rate: int,
+    model_path: Path | None,
+    model_card_sha256: str | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The sidecar content: all it takes to regenerate the sample."""
+    record: dict[str, Any] = {
+        "soundctm_sidecar": SIDECAR_VERSION,
+        **asdict(params),
+        "sample_rate": sample_rate,
+        "model": str(model_path.resolve()) if model_path is not None else None,
+        "model_card_sha256": model_card_sha256,
+        "soundctm_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    record.update(extra or {})
+    return record
+
+
+@contextlib.contextmanager
+def _cleanup_on_error(paths: list[Path]) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        raise
+
+
+def write_sample(wav: Path, audio: Tensor, sample_rate: int, record: dict[str, Any]) -> Path:
+    """Write ``audio`` (1-D, float in [-1, 1]; clipped beyond) as 16-bit WAV plus sidecar JSON.
+
+    Both files are written to temporary names first; either both appear or neither does.
+    """
+    wav = Path(wav)
+    data = np.clip(audio.detach().float().cpu().numpy().reshape(-1), -1.0, 1.0)
+    try:
+        with atomic_path(wav) as tmp_wav, atomic_path(sidecar_path(wav)) as tmp_json:
+            sf.write(str(tmp_wav), data, sample_rate, subtype="PCM_16", format="WAV")
+            tmp_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        for p in (wav, sidecar_path(wav)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        raise OutputPathError(
+            f"cannot write {wav} ({exc.strerror or exc}); choose another --out folder"
+        ) from exc
+    return wav
+
+
+def read_sidecar(wav: Path) -> dict[str, Any]:
+    """Read and check the sidecar of a generated WAV, with a one-line error if it is unusable."""
+    wav = Path(wav)
+    if not wav.is_file():
+        raise AudioFileError(f"{wav} does not exist; give the path of a WAV that soundctm wrote")
+    side = sidecar_path(wav)
+    if not side.is_file():
+        raise AudioFileError(
+            f"{wav} has no sidecar {side.name}, so it cannot be refined; refine works on files "
+            "written by `soundctm sample` (keep the .json beside the .wav)"
+        )
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AudioFileError(f"sidecar {side} is not valid JSON ({exc}); it is unusable") from exc
+    needed = {f for f in SampleParams.__dataclass_fields__}
+    if not isinstance(record, dict) or not needed <= set(record):
+        missing = sorted(needed - set(record if isinstance(record, dict) else {}))
+        raise AudioFileError(
+            f"sidecar {side} lacks {', '.join(missing)}; it was not written by soundctm sample"
+        )
+    return record
+
+
+def params_from_record(record: dict[str, Any]) -> SampleParams:
+    """The :class:`SampleParams` stored in a sidecar record."""
+    try:
+        return SampleParams(
+            prompt=str(record["prompt"]),
+            seed=int(record["seed"]),
+            steps=int(record["steps"]),
+            gamma=float(record["gamma"]),
+            nu=float(record["nu"]),
+            omega=float(record["omega"]),
+            seconds=float(record["seconds"]),
+            solver=str(record["solver"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AudioFileError(f"sidecar has a bad value ({exc}); it is unusable") from exc

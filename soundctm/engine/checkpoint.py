@@ -1,0 +1,212 @@
+"""Self-describing checkpoints: a directory with ``model.json`` and one safetensors file per
+component that has weights.
+
+``model.json`` is a versioned card naming every component (its plugin name and constructor
+parameters), sigma_data, sample rate, clip length, sampling defaults and provenance. Each
+``.safetensors`` file carries the same card in its metadata (key ``soundctm.card``) and the
+card lists each file's SHA-256, so a truncated or corrupted file is detected on load.
+No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from soundctm._version import __version__
+from soundctm.engine.files import write_dir_atomic
+from soundctm.errors import CheckpointError
+
+CARD_FILE = "model.json"
+CARD_FORMAT = "soundctm-checkpoint"
+CARD_VERSION = 1
+METADATA_KEY = "soundctm.card"
+COMPONENT_KINDS = ("backbone", "text_encoder", "autoencoder")
+
+
+class ComponentCard(BaseModel):
+    """One component: the registered plugin name and the parameters its factory takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    file: str | None = None
+    sha256: str | None = None
+
+
+class SamplingDefaults(BaseModel):
+    """Sampling settings used when the caller gives none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    solver: str = "gamma"
+    steps: int = Field(default=1, ge=1)
+    gamma: float = Field(default=0.0, ge=0.0, le=1.0)
+    nu: float = 1.0
+    omega: float = 5.0
+
+
+class ModelCard(BaseModel):
+    """The ``model.json`` card of a checkpoint (format version 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["soundctm-checkpoint"] = CARD_FORMAT
+    format_version: int = CARD_VERSION
+    kind: Literal["teacher", "ctm"]
+    sigma_data: float = Field(gt=0)
+    sigma_min: float = Field(default=0.002, gt=0)
+    sigma_max: float = Field(default=80.0, gt=0)
+    rho: float = Field(default=7.0, gt=0)
+    sample_rate: int = Field(gt=0)
+    seconds: float = Field(gt=0, description="clip length the model was trained on")
+    max_seconds: float = Field(gt=0, description="longest clip the backbone supports")
+    components: dict[str, ComponentCard]
+    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelCard:
+        missing = [k for k in COMPONENT_KINDS if k not in self.components]
+        if missing:
+            raise ValueError(f"components {missing} are missing")
+        extra = [k for k in self.components if k not in COMPONENT_KINDS]
+        if extra:
+            raise ValueError(f"unknown components {extra}")
+        if self.max_seconds < self.seconds:
+            raise ValueError("max_seconds is shorter than seconds")
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be below sigma_max")
+        return self
+
+    def to_json(self, *, with_files: bool = True) -> str:
+        """The card as JSON text (without file names and hashes if ``with_files`` is False)."""
+        data = self.model_dump(mode="json")
+        if not with_files:
+            for comp in data["components"].values():
+                comp["file"] = None
+                comp["sha256"] = None
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def card_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint's ``model.json`` (identifies the model in sample sidecars)."""
+    return sha256_file(Path(path) / CARD_FILE)
+
+
+def save_checkpoint(path: Path, card: ModelCard, weights: dict[str, dict[str, Tensor]]) -> Path:
+    """Write a checkpoint directory atomically.
+
+    ``weights`` maps a component kind to its state dict; components with an empty state dict get
+    no file. Tensors are saved contiguous and detached, so loading is bit-exact.
+    """
+    path = Path(path)
+    card = card.model_copy(deep=True)
+    card.provenance.setdefault("soundctm_version", __version__)
+    metadata = {METADATA_KEY: card.to_json(with_files=False), "format": "pt"}
+
+    def fill(tmp: Path) -> None:
+        for kind, state in weights.items():
+            comp = card.components[kind]
+            if not state:
+                comp.file, comp.sha256 = None, None
+                continue
+            name = f"{kind}.safetensors"
+            tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+            save_file(tensors, str(tmp / name), metadata=metadata)
+            comp.file, comp.sha256 = name, sha256_file(tmp / name)
+        (tmp / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+
+    write_dir_atomic(path, fill)
+    return path
+
+
+def read_card(path: Path) -> ModelCard:
+    """Read and validate ``path/model.json``, with a one-line error if anything is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"model folder {str(path)!r} does not exist; pass --model with a checkpoint folder "
+            "(one that contains model.json)"
+        )
+    if not path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is not a folder; --model takes a checkpoint folder")
+    card_path = path / CARD_FILE
+    if not card_path.is_file():
+        raise CheckpointError(
+            f"{str(path)!r} has no {CARD_FILE}, so it is not a soundctm checkpoint; "
+            "point --model at the folder that `soundctm train` or `soundctm distill` wrote"
+        )
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{card_path} is not valid JSON ({exc}); the checkpoint is damaged"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
+        raise CheckpointError(
+            f"{card_path} is not a soundctm model card (no format {CARD_FORMAT!r})"
+        )
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > CARD_VERSION:
+        raise CheckpointError(
+            f"{card_path} has card format version {version!r}, newer than this soundctm supports "
+            f"({CARD_VERSION}); upgrade soundctm"
+        )
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "card"
+        raise CheckpointError(f"{card_path} is invalid at {where}: {first['msg']}") from exc
+
+
+def read_weights(
+    path: Path, card: ModelCard, kind: str, *, verify: bool = True
+) -> dict[str, Tensor]:
+    """Load the state dict of component ``kind`` (empty if it has no file).
+
+    With ``verify`` the file's SHA-256 must match the card, which catches truncation and bit rot.
+    """
+    comp = card.components[kind]
+    if comp.file is None:
+        return {}
+    file = Path(path) / comp.file
+    if not file.is_file():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} lacks {comp.file}, named in its model.json; "
+            "the checkpoint is incomplete: copy it again or re-save it"
+        )
+    if verify and comp.sha256 and sha256_file(file) != comp.sha256:
+        raise CheckpointError(
+            f"{file} is corrupt or truncated (its SHA-256 differs from model.json); "
+            "copy the checkpoint again or re-save it"
+        )
+    try:
+        tensors: dict[str, Tensor] = {}
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                tensors[key] = fh.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({exc}); the checkpoint is corrupt or "
+            "truncated: copy it again or re-save it"
+        ) from exc
+    return tensors

@@ -1,0 +1,89 @@
+"""Classifier-free guidance as one forward on a 2B batch (method.md §2 and §5).
+
+``out = out_uncond + scale * (out_cond - out_uncond)``. For a teacher ``scale`` is the CFG scale
+``w`` [omega] applied to the denoiser; for a CTM student it is ``nu`` applied to the jump, while
+``omega`` is an input of the network. A scale of exactly 1 runs only the conditional half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from soundctm.engine.conditioning import Conditioning
+from soundctm.engine.ctm import CTM
+
+
+def cfg_combine(cond_out: Tensor, uncond_out: Tensor, scale: float) -> Tensor:
+    """``uncond + scale * (cond - uncond)`` (Ho & Salimans 2022, eq. 6)."""
+    return uncond_out + scale * (cond_out - uncond_out)
+
+
+def _double(value: Tensor | float | None) -> Tensor | float | None:
+    if isinstance(value, Tensor) and value.ndim > 0:
+        return torch.cat([value, value])
+    return value
+
+
+def guided(
+    fn: Callable[..., Tensor],
+    x: Tensor,
+    cond: Conditioning,
+    uncond: Conditioning | None,
+    scale: float,
+    *args: Tensor | float | None,
+) -> Tensor:
+    """``fn(x, cond, *args)`` under classifier-free guidance with ``scale``.
+
+    The conditional and unconditional halves run as ONE call of ``fn`` on a batch of 2B; per-sample
+    tensor ``args`` are duplicated to match. ``scale == 1`` (or no ``uncond``) runs the
+    conditional half only.
+    """
+    if uncond is None or scale == 1.0:
+        return fn(x, cond, *args)
+    if len(uncond) != len(cond):
+        raise ValueError(f"{len(cond)} conditional but {len(uncond)} unconditional rows")
+    out = fn(torch.cat([x, x]), cond.cat(uncond), *(_double(a) for a in args))
+    out_cond, out_uncond = out.chunk(2)
+    return cfg_combine(out_cond, out_uncond, scale)
+
+
+@dataclass
+class GuidedModel:
+    """A model bound to one batch's conditioning and guidance, as the solvers see it.
+
+    ``denoise(x, sigma)`` and ``jump(x, t, s)`` take scalar times; guidance is applied inside.
+    For a teacher, ``scale`` is the CFG scale on the denoiser (``omega`` is then unused); for a
+    student, ``scale`` is nu on the jump and ``omega`` is the network's guidance input.
+    """
+
+    ctm: CTM
+    cond: Conditioning
+    uncond: Conditioning | None = None
+    scale: float = 1.0
+    omega: Tensor | float | None = None
+
+    def _omega(self, x: Tensor) -> Tensor | None:
+        if self.omega is None:
+            return None
+        w = torch.as_tensor(self.omega, device=x.device, dtype=x.dtype)
+        return w.expand(x.shape[0]) if w.ndim == 0 else w
+
+    def denoise(self, x: Tensor, sigma: float) -> Tensor:
+        """The guided denoiser at noise level ``sigma``."""
+
+        def call(x_: Tensor, c: Conditioning, w: Tensor | None) -> Tensor:
+            return self.ctm.denoise(x_, sigma, c, w)
+
+        return guided(call, x, self.cond, self.uncond, self.scale, self._omega(x))
+
+    def jump(self, x: Tensor, t: float, s: float) -> Tensor:
+        """The guided CTM jump ``G(x, t, s)`` (nu-sampling, method.md §5)."""
+
+        def call(x_: Tensor, c: Conditioning, w: Tensor | None) -> Tensor:
+            return self.ctm.jump(x_, t, s, c, w)
+
+        return guided(call, x, self.cond, self.uncond, self.scale, self._omega(x))

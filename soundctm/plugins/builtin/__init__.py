@@ -1,0 +1,39 @@
+"""The built-in plugin.
+
+It registers soundctm's own components through the same hooks, with the same lazy
+``"module:attr"`` targets, that a third-party plugin uses. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from soundctm.plugins.hookspecs import Register, hookimpl
+
+__version__ = "builtin"
+
+SOLVERS = {
+    "gamma": (
+        "soundctm.engine.solvers:sample_gamma",
+        "CTM gamma-sampling: 1 step, deterministic multi-step (gamma=0), CM multistep (gamma=1)",
+    ),
+    "heun": ("soundctm.engine.solvers:sample_heun", "EDM Heun (2nd order) for teachers"),
+    "euler": ("soundctm.engine.solvers:sample_euler", "Euler on the probability-flow ODE"),
+    "dpmpp-2m": ("soundctm.engine.solvers:sample_dpmpp_2m", "DPM-Solver++(2M), deterministic"),
+}
+
+COMMANDS = {
+    "sample": ("soundctm.cli.sample:sample", "Generate sounds from text prompts"),
+    "refine": ("soundctm.cli.refine:refine", "Re-run a sample with more steps, same content"),
+    "plugins": ("soundctm.cli.plugins:plugins", "List installed components by kind"),
+}
+
+
+@hookimpl
+def register_solvers(register: Register) -> None:
+    for name, (target, description) in SOLVERS.items():
+        register(name, target, description=description)
+
+
+@hookimpl
+def register_commands(register: Register) -> None:
+    for name, (target, description) in COMMANDS.items():
+        register(name, target, description=description)
