@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from soundctm.cli.common import console, handle_errors
-from soundctm.plugins.registry import get_registry
+from soundctm.errors import InvalidArgumentError
+from soundctm.plugins.registry import KINDS, get_registry
 
 
 @handle_errors
@@ -25,15 +26,9 @@ def plugins(
     ] = None,
 ) -> None:
     """List installed components by kind, with the plugin, version and description of each."""
-    registry = get_registry()
-    entries = list(registry.entries(kind)) if kind is None or kind else []
-    if kind is not None:
-        from soundctm.plugins.registry import KINDS
-
-        if kind not in KINDS:
-            from soundctm.errors import InvalidArgumentError
-
-            raise InvalidArgumentError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if kind is not None and kind not in KINDS:
+        raise InvalidArgumentError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+    entries = list(get_registry().entries(kind))
     rows = [
         {
             "kind": e.kind,

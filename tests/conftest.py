@@ -1,0 +1,72 @@
+"""Shared fixtures: the toy outside plugin (installed through an entry point) and tiny models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TOY_SITE = Path(__file__).parent / "fixtures" / "toy_site"
+
+# Make the toy plugin "installed": its dist-info declares an entry point in the group
+# `soundctm`, which soundctm discovers exactly as it discovers a pip-installed plugin.
+sys.path.insert(0, str(TOY_SITE))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(TOY_SITE), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+os.environ.pop("SOUNDCTM_DISABLE_PLUGIN_AUTOLOAD", None)
+for _key in [k for k in os.environ if k.startswith("SOUNDCTM_")]:
+    os.environ.pop(_key)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(monkeypatch):
+    """Each test starts from the plugins that are installed, with no run-time additions."""
+    from soundctm.plugins.registry import reset_registry
+
+    for key in [k for k in os.environ if k.startswith("SOUNDCTM_")]:
+        monkeypatch.delenv(key)
+    reset_registry()
+    yield
+    reset_registry()
+
+
+def build_toy(kind: str = "ctm", seconds: float = 0.25, max_seconds: float = 1.0, seed: int = 0):
+    """A tiny pipeline made of the toy plugin's components, randomly initialised (seeded)."""
+    import torch
+
+    from soundctm.engine.pipeline import Pipeline
+
+    torch.manual_seed(seed)
+    return Pipeline.build(
+        kind=kind,
+        backbone=("toy-conv", {"student": kind == "ctm"}),
+        text_encoder=("toy-hash", {"dim": 16}),
+        autoencoder=("toy-frames", {"sample_rate": 8000, "channels": 8}),
+        sigma_data=0.5,
+        seconds=seconds,
+        max_seconds=max_seconds,
+        provenance={"made_by": "tests"},
+    )
+
+
+@pytest.fixture
+def toy_student():
+    return build_toy("ctm")
+
+
+@pytest.fixture
+def toy_teacher():
+    return build_toy("teacher")
+
+
+@pytest.fixture
+def student_dir(tmp_path, toy_student):
+    return toy_student.save(tmp_path / "student")
+
+
+@pytest.fixture
+def teacher_dir(tmp_path, toy_teacher):
+    return toy_teacher.save(tmp_path / "teacher")
