@@ -12,9 +12,9 @@ import contextvars
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -139,3 +139,54 @@ def load_settings(cls: type[S], config: Path | None = None, **flags: Any) -> S:
         ) from exc
     finally:
         _toml_section.reset(token)
+
+
+class ComponentSetting(BaseModel):
+    """A component: plugin name and parameters (TOML: ``{name = ..., params = {...}}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainSettings(CommandSettings):
+    """Settings of ``soundctm train`` (TOML table ``[train]``, env ``SOUNDCTM_TRAIN_*``)."""
+
+    command: ClassVar[str] = "train"
+    model_config = SettingsConfigDict(
+        env_prefix="SOUNDCTM_TRAIN_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    out: Path = Path("runs/teacher")
+    backbone: ComponentSetting = ComponentSetting(name="dit", params={"preset": "small"})
+    text_encoder: ComponentSetting = ComponentSetting(name="minilm")
+    autoencoder: ComponentSetting = ComponentSetting(name="mel")
+    dataset: ComponentSetting = ComponentSetting(name="synthcaps", params={"split": "train"})
+    valid_dataset: ComponentSetting | None = None
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=2e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    ema_decay: float = Field(default=0.999, ge=0, le=1)
+    sigma_data: float = Field(default=0.5, gt=0)
+    seconds: float = Field(default=3.0, gt=0)
+    caption_dropout: float = Field(default=0.1, ge=0, lt=1)
+    p_mean: float = -1.2
+    p_std: float = Field(default=1.2, gt=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    grad_accum: int = Field(default=1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    save_every: int = Field(default=500, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    num_workers: int = Field(default=0, ge=0)
+    mix_prob: float = Field(default=0.0, ge=0, le=1)
+    latent_cache: bool = False
+    heldout_clips: int = Field(default=32, ge=1)
+    preview_prompts: list[str] = Field(default_factory=list)
+    preview_steps: int = Field(default=18, ge=1)
+    omega: float = Field(default=3.0, ge=0)
+    tracker: str | None = None

@@ -45,3 +45,45 @@ def emit(callback: Callback | None, event: Event) -> None:
     """Send ``event`` to ``callback`` if there is one."""
     if callback is not None:
         callback(event)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A line of information for the user (data summaries, skipped files, notices)."""
+
+    text: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class TrainStarted:
+    """A training run starts (or resumes) at ``start_step`` of ``total_steps``."""
+
+    total_steps: int
+    start_step: int
+    parameters: int
+    world_size: int
+    run_dir: str
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    """Metrics of the last ``log_every`` optimizer steps."""
+
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    grad_norm: float
+    samples_per_s: float
+    data_wait: float
+    extra: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """A sample-able checkpoint (and its resumable state) was written."""
+
+    step: int
+    path: str
+    heldout_loss: float | None = None

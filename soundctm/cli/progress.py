@@ -64,3 +64,65 @@ class GenerationProgress:
     def log(self, message: str) -> None:
         """Print a line above the bars (or plainly when they are hidden)."""
         self.progress.console.print(message, highlight=False, soft_wrap=True)
+
+
+class TrainProgress:
+    """Progress of a training run: a bar over steps with loss and throughput; lines for
+    checkpoints and messages. Plain log lines when stderr is not a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task("train", total=None, info="")
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.__exit__(exc_type, exc, tb)
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+    def __call__(self, event: object) -> None:
+        from soundctm.events import CheckpointSaved, Message, TrainLog, TrainStarted
+
+        if isinstance(event, TrainStarted):
+            self.progress.update(self.task, total=event.total_steps, completed=event.start_step)
+            self._line(
+                f"training {event.parameters / 1e6:.2f}M parameters on {event.world_size} "
+                f"process(es), steps {event.start_step} -> {event.total_steps}, run {event.run_dir}"
+            )
+        elif isinstance(event, TrainLog):
+            info = (
+                f"loss {event.loss:.4f}  {event.samples_per_s:.1f} samples/s  "
+                f"data {100 * event.data_wait:.0f}%"
+            )
+            self.progress.update(self.task, completed=event.step, info=info)
+            if not self.live:
+                self._line(
+                    f"step {event.step}/{event.total_steps}  {info}  "
+                    f"lr {event.lr:.2e}  grad {event.grad_norm:.3f}"
+                )
+        elif isinstance(event, CheckpointSaved):
+            extra = f" (held-out loss {event.heldout_loss:.4f})" if event.heldout_loss else ""
+            self._line(f"checkpoint {event.path}{extra}")
+        elif isinstance(event, Message):
+            self._line(event.text)

@@ -79,11 +79,22 @@ class CTM(nn.Module):
             )
         return precondition(x, raw, t, self.sigma_data)
 
+    def forward(
+        self,
+        x: Tensor,
+        t: float | Tensor,
+        s: float | Tensor,
+        cond: Conditioning,
+        omega: float | Tensor | None = None,
+    ) -> Tensor:
+        """``g(x, t, s)`` through ``__call__`` (so DDP and hooks see it)."""
+        return self.g(x, t, s, cond, omega)
+
     def denoise(
         self, x: Tensor, t: float | Tensor, cond: Conditioning, omega: float | Tensor | None = None
     ) -> Tensor:
         """The denoiser ``g(x, t, t)`` (``D(x, t)`` for a teacher)."""
-        return self.g(x, t, t, cond, omega)
+        return self(x, t, t, cond, omega)
 
     def jump(
         self,
@@ -100,4 +111,4 @@ class CTM(nn.Module):
                 "(heun, euler, dpmpp-2m)"
             )
         b = x.shape[0]
-        return ctm_jump(x, self.g(x, t, s, cond, omega), as_batch(t, b, x), as_batch(s, b, x))
+        return ctm_jump(x, self(x, t, s, cond, omega), as_batch(t, b, x), as_batch(s, b, x))

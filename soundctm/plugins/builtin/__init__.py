@@ -24,6 +24,7 @@ COMMANDS = {
     "sample": ("soundctm.cli.sample:sample", "Generate sounds from text prompts"),
     "refine": ("soundctm.cli.refine:refine", "Re-run a sample with more steps, same content"),
     "plugins": ("soundctm.cli.plugins:plugins", "List installed components by kind"),
+    "train": ("soundctm.cli.train:train", "Train a diffusion teacher (EDM)"),
 }
 
 

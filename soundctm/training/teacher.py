@@ -1,0 +1,574 @@
+"""EDM teacher training (method.md §2) for any registered backbone, data set, autoencoder and
+text encoder, on one CPU or many GPUs through HF accelerate.
+
+One flat loop, nanoGPT style: deterministic data order and noise (a function of seed, step and
+rank), gradient accumulation and mixed precision through accelerate, EMA weights, atomic
+sample-able checkpoints plus a pickle-free resumable state, JSONL metrics, a NaN stop.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from soundctm._version import __version__
+from soundctm.engine.checkpoint import ComponentCard, SamplingDefaults
+from soundctm.engine.pipeline import Pipeline
+from soundctm.errors import InvalidArgumentError, SoundCTMError
+from soundctm.events import Callback, CheckpointSaved, Message, TrainLog, TrainStarted, emit
+from soundctm.plugins.registry import Registry, get_registry
+from soundctm.training.data import (
+    DataError,
+    LatentCacheDataset,
+    StepBatchSampler,
+    build_latent_cache,
+    cache_matches,
+    collate,
+    dataset_fingerprint,
+    drop_captions,
+    mix_batch,
+)
+from soundctm.training.ema import ema_update
+from soundctm.training.losses import edm_denoising_loss, sample_edm_sigmas
+from soundctm.training.rng import generator
+from soundctm.training.state import latest_state, load_state, save_state
+
+
+class TrainingDiverged(SoundCTMError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TeacherSpec:
+    """Everything that defines a teacher training run (plain values; the CLI fills it)."""
+
+    out: Path
+    backbone: ComponentCard
+    text_encoder: ComponentCard
+    autoencoder: ComponentCard
+    dataset: ComponentCard
+    valid_dataset: ComponentCard | None = None
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    ema_decay: float = 0.999
+    sigma_data: float = 0.5
+    seconds: float = 3.0
+    caption_dropout: float = 0.1
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    save_every: int = 500
+    log_every: int = 10
+    keep_checkpoints: int = 3
+    seed: int = 0
+    num_workers: int = 0
+    mix_prob: float = 0.0
+    latent_cache: bool = False
+    heldout_clips: int = 32
+    preview_prompts: list[str] = field(default_factory=list)
+    preview_steps: int = 18
+    omega: float = 3.0
+    tracker: str | None = None
+
+    def validate(self) -> None:
+        """Refuse impossible settings with one clear line."""
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.ema_decay <= 1, "ema_decay must be in [0, 1]"),
+            (self.seconds > 0, "seconds must be > 0"),
+            (0 <= self.caption_dropout < 1, "caption_dropout must be in [0, 1)"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.save_every >= 1 and self.log_every >= 1, "save_every/log_every must be >= 1"),
+            (
+                self.mixed_precision in {"no", "bf16", "fp16"},
+                "mixed_precision must be no, bf16 or fp16",
+            ),
+            (0 <= self.mix_prob <= 1, "mix_prob must be in [0, 1]"),
+            (
+                not (self.latent_cache and self.mix_prob > 0),
+                "latent_cache and mix_prob cannot be combined (mixing works on audio)",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidArgumentError(message)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["out"] = str(self.out)
+        return json.loads(json.dumps(data, default=str))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with warm-up, ``min(decay, (1 + step) / (10 + step))``, so the average is not
+    dominated by the random initialisation in short runs."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def lr_at(step: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+
+
+def build_dataset(registry: Registry, card: ComponentCard, sample_rate: int, seconds: float) -> Any:
+    """Build a data set, passing the model's sample rate and clip length where it takes them."""
+    factory = registry.load("dataset", card.name)
+    params = dict(card.params)
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    for key, value in (("sample_rate", sample_rate), ("seconds", seconds)):
+        if key in accepted:
+            if key in params and float(params[key]) != float(value):
+                raise InvalidArgumentError(
+                    f"dataset {card.name!r} has {key} = {params[key]} but the model uses "
+                    f"{value}; drop {key} from the dataset parameters"
+                )
+            params[key] = value
+    dataset = registry.build("dataset", card.name, **params)
+    if len(dataset) == 0:
+        raise DataError(f"dataset {card.name!r} {card.params} is empty; nothing to train on")
+    rate = getattr(dataset, "sample_rate", sample_rate)
+    if rate != sample_rate:
+        raise DataError(
+            f"dataset {card.name!r} yields {rate} Hz audio but the autoencoder "
+            f"expects {sample_rate} Hz"
+        )
+    return dataset
+
+
+def max_supported_seconds(backbone: nn.Module, autoencoder: Any, seconds: float) -> float:
+    """The longest clip whose latent fits the backbone's ``max_frames`` (or ``seconds``)."""
+    max_frames = getattr(backbone, "max_frames", None)
+    if not max_frames:
+        return seconds
+    per_second = autoencoder.latent_shape(10.0)[-1] / 10.0
+    best = math.floor(max_frames / per_second * 100) / 100
+    while best > seconds and autoencoder.latent_shape(best)[-1] > max_frames:
+        best = round(best - 0.01, 2)
+    if autoencoder.latent_shape(seconds)[-1] > max_frames:
+        raise InvalidArgumentError(
+            f"{seconds} s clips need {autoencoder.latent_shape(seconds)[-1]} latent frames but "
+            f"the backbone takes at most {max_frames}; shorten seconds or raise max_frames"
+        )
+    return max(best, seconds)
+
+
+@torch.no_grad()
+def heldout_loss(
+    ctm_forward: Callable[..., Tensor],
+    encode_audio: Callable[[Tensor], Tensor],
+    encode_text: Callable[[list[str]], Any],
+    dataset: Any,
+    *,
+    sigma_data: float,
+    n: int = 32,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> float:
+    """The EDM denoising loss on the first ``n`` clips of ``dataset`` at fixed noise levels and
+    noise (log-spaced over the training distribution's +-2 std), comparable across checkpoints."""
+    n = min(n, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    audio = torch.stack([torch.as_tensor(it["audio"]).float() for it in items]).to(device)
+    x0 = encode_audio(audio)
+    g = generator(seed, "heldout")
+    sigma = torch.exp(torch.linspace(-1.2 - 2.4, -1.2 + 2.4, n)).to(device)
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    cond = encode_text([str(it["caption"]) for it in items]).to(device)
+    denoised = ctm_forward(x0 + sigma.view(-1, *([1] * (x0.ndim - 1))) * noise, sigma, cond)
+    return float(edm_denoising_loss(denoised, x0, sigma, sigma_data))
+
+
+def _state_compatible(meta: dict[str, Any], spec: TeacherSpec) -> None:
+    old = meta.get("spec", {})
+    for key in (
+        "backbone",
+        "text_encoder",
+        "autoencoder",
+        "sigma_data",
+        "seconds",
+        "batch_size",
+        "grad_accum",
+        "seed",
+    ):
+        new = spec.to_json()[key]
+        if key in old and old[key] != new:
+            raise InvalidArgumentError(
+                f"cannot resume: {key} was {old[key]} in the saved run but is {new} now; "
+                "use the run's original settings or start a new --out"
+            )
+
+
+def train_teacher(
+    spec: TeacherSpec,
+    *,
+    resume: Path | bool | None = None,
+    callback: Callback | None = None,
+    registry: Registry | None = None,
+) -> Path:
+    """Train an EDM teacher; returns the folder of the last sample-able checkpoint.
+
+    ``resume``: a state folder, a run folder, or True for the newest state in ``spec.out``.
+    """
+    from accelerate import Accelerator
+
+    spec.validate()
+    registry = registry or get_registry()
+    for kind, card in (
+        ("backbone", spec.backbone),
+        ("text_encoder", spec.text_encoder),
+        ("autoencoder", spec.autoencoder),
+        ("dataset", spec.dataset),
+        ("dataset", spec.valid_dataset),
+    ):
+        if card is not None:
+            registry.get(kind, card.name)  # fail at once on an unknown name
+    accelerator = Accelerator(
+        mixed_precision=spec.mixed_precision,
+        gradient_accumulation_steps=spec.grad_accum,
+        cpu=not torch.cuda.is_available(),
+        log_with=spec.tracker,
+        project_dir=str(spec.out),
+    )
+    device = accelerator.device
+    main = accelerator.is_main_process
+    out = Path(spec.out)
+
+    state_path: Path | None = None
+    if resume:
+        base = out if resume is True else Path(resume)
+        state_path = base if (base / "state.json").is_file() else latest_state(base)
+        if state_path is None:
+            raise InvalidArgumentError(
+                f"nothing to resume in {base}: no state/step-* folder; "
+                "drop --resume to start a new run"
+            )
+    elif main and latest_state(out) is not None:
+        raise InvalidArgumentError(
+            f"{out} already holds a training run; pass --resume to continue it or choose a new "
+            "--out"
+        )
+
+    torch.manual_seed(spec.seed)  # initial weights
+    probe_ae = registry.build("autoencoder", spec.autoencoder.name, **spec.autoencoder.params)
+    probe_bb = registry.build("backbone", spec.backbone.name, **spec.backbone.params)
+    max_seconds = max_supported_seconds(probe_bb, probe_ae, spec.seconds)
+    del probe_ae, probe_bb
+    torch.manual_seed(spec.seed)
+    pipe = Pipeline.build(
+        kind="teacher",
+        backbone=spec.backbone,
+        text_encoder=spec.text_encoder,
+        autoencoder=spec.autoencoder,
+        sigma_data=spec.sigma_data,
+        seconds=spec.seconds,
+        max_seconds=max_seconds,
+        defaults=SamplingDefaults(solver="heun", steps=40, omega=spec.omega),
+        registry=registry,
+    )
+    for comp in (pipe.text_encoder, pipe.autoencoder):
+        if isinstance(comp, nn.Module):
+            comp.to(device).requires_grad_(False)
+    ctm = pipe.ctm.train()
+    ema = copy.deepcopy(ctm.backbone).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(ctm.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+
+    start = 0
+    if state_path is not None:
+        meta, model_state, ema_state, optim_state = load_state(state_path)
+        _state_compatible(meta, spec)
+        ctm.backbone.load_state_dict(model_state)
+        ema.load_state_dict(ema_state)
+        optimizer.load_state_dict(optim_state)
+        start = int(meta["step"])
+        emit(callback, Message(f"resuming from {state_path} at step {start}"))
+
+    dataset = build_dataset(registry, spec.dataset, pipe.card.sample_rate, spec.seconds)
+    for problem_line in _dataset_report(dataset):
+        emit(callback, Message(problem_line))
+    valid = (
+        build_dataset(registry, spec.valid_dataset, pipe.card.sample_rate, spec.seconds)
+        if spec.valid_dataset is not None
+        else None
+    )
+
+    def encode_audio(audio: Tensor) -> Tensor:
+        return pipe.autoencoder.encode(audio.to(device)).float()
+
+    if spec.latent_cache:
+        fp = {
+            "dataset": spec.dataset.model_dump(),
+            "autoencoder": spec.autoencoder.model_dump(),
+            "seconds": spec.seconds,
+            "id": dataset_fingerprint(spec.dataset.model_dump()),
+        }
+        cache_dir = out / "latent_cache"
+        if main and not cache_matches(cache_dir, fp):
+            emit(callback, Message(f"encoding {len(dataset)} clips into {cache_dir}"))
+            build_latent_cache(
+                dataset, encode_audio, cache_dir, fingerprint=fp, batch_size=spec.batch_size
+            )
+        accelerator.wait_for_everyone()
+        dataset = LatentCacheDataset(cache_dir)
+
+    model, optimizer = accelerator.prepare(ctm, optimizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accum = spec.grad_accum
+    sampler = StepBatchSampler(
+        len(dataset),
+        spec.batch_size,
+        seed=spec.seed,
+        world=world,
+        rank=rank,
+        start=start * accum,
+        limit=spec.steps * accum,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=spec.num_workers,
+        persistent_workers=spec.num_workers > 0,
+    )
+    if spec.tracker and main:
+        accelerator.init_trackers("soundctm-train", config=spec.to_json())
+
+    n_params = sum(p.numel() for p in ctm.backbone.parameters())
+    emit(callback, TrainStarted(spec.steps, start, n_params, world, str(out)))
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        (out / "config.json").write_text(json.dumps(spec.to_json(), indent=2), encoding="utf-8")
+
+    last_ckpt: Path | None = None
+    window: dict[str, float] = {"loss": 0.0, "grad": 0.0, "n": 0, "wait": 0.0}
+    t_window = time.perf_counter()
+    t_fetch = time.perf_counter()
+    grad_norm = torch.tensor(0.0)
+    for micro, batch in enumerate(loader, start=start * accum):
+        window["wait"] += time.perf_counter() - t_fetch
+        step = micro // accum
+        g = generator(spec.seed, "micro", micro, rank)
+        captions = batch["caption"]
+        if "latents" in batch:
+            x0 = batch["latents"].to(device)
+        else:
+            audio = batch["audio"]
+            if spec.mix_prob > 0:
+                audio, captions = mix_batch(audio, captions, spec.mix_prob, g)
+            with torch.no_grad():
+                x0 = encode_audio(audio)
+        captions = drop_captions(captions, spec.caption_dropout, g)
+        with torch.no_grad():
+            cond = pipe.encode_text(captions).to(device)
+        sigma = sample_edm_sigmas(x0.shape[0], g, spec.p_mean, spec.p_std).to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        x_noisy = x0 + sigma.view(-1, *([1] * (x0.ndim - 1))) * noise
+
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, spec.lr, spec.warmup_steps)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                denoised = model(x_noisy, sigma, sigma, cond, None)
+            loss = edm_denoising_loss(denoised, x0, sigma, spec.sigma_data)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        loss_value = float(accelerator.gather(loss.detach()[None]).mean())
+        if not math.isfinite(loss_value):
+            hint = f"; last good checkpoint: {last_ckpt}" if last_ckpt else ""
+            raise TrainingDiverged(
+                f"the loss became {loss_value} at step {step + 1}{hint}; lower --lr, use "
+                "gradient clipping or check the data"
+            )
+        window["loss"] += loss_value
+        window["grad"] += float(grad_norm)
+        window["n"] += 1
+        if not accelerator.sync_gradients:
+            t_fetch = time.perf_counter()
+            continue
+        ema_update(
+            ema, accelerator.unwrap_model(model).backbone, ema_decay_at(step, spec.ema_decay)
+        )
+        done = step + 1
+        if done % spec.log_every == 0 or done == spec.steps:
+            elapsed = time.perf_counter() - t_window
+            samples = window["n"] * spec.batch_size * world
+            record = {
+                "step": done,
+                "loss": window["loss"] / window["n"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "grad_norm": window["grad"] / window["n"],
+                "samples_per_s": samples / max(elapsed, 1e-9),
+                "data_wait": window["wait"] / max(elapsed, 1e-9),
+            }
+            if main:
+                with (out / "metrics.jsonl").open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                if spec.tracker:
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
+            emit(
+                callback,
+                TrainLog(
+                    done,
+                    spec.steps,
+                    record["loss"],
+                    record["lr"],
+                    record["grad_norm"],
+                    record["samples_per_s"],
+                    record["data_wait"],
+                ),
+            )
+            window = {"loss": 0.0, "grad": 0.0, "n": 0, "wait": 0.0}
+            t_window = time.perf_counter()
+        if done % spec.save_every == 0 or done == spec.steps:
+            accelerator.wait_for_everyone()
+            if main:
+                last_ckpt = _save(
+                    spec,
+                    pipe,
+                    ema,
+                    accelerator.unwrap_model(model),
+                    optimizer,
+                    done,
+                    valid,
+                    device,
+                    callback,
+                )
+            accelerator.wait_for_everyone()
+        t_fetch = time.perf_counter()
+
+    if spec.tracker and main:
+        accelerator.end_training()
+    final = out / "checkpoints" / f"step-{spec.steps:07d}"
+    return last_ckpt or final
+
+
+def _dataset_report(dataset: Any) -> list[str]:
+    summary = getattr(dataset, "summary", None)
+    lines = []
+    for problem in getattr(dataset, "problems", []) or []:
+        lines.append(
+            f"skipped {getattr(problem, 'path', problem)}: {getattr(problem, 'reason', '')}"
+        )
+    if callable(summary):
+        lines.append(str(summary()))
+    return lines
+
+
+def _save(
+    spec: TeacherSpec,
+    pipe: Pipeline,
+    ema: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    valid: Any,
+    device: torch.device,
+    callback: Callback | None,
+) -> Path:
+    out = Path(spec.out)
+    card = pipe.card.model_copy(deep=True)
+    card.provenance.update(
+        {
+            "trained_with": f"soundctm {__version__} train",
+            "step": step,
+            "dataset": spec.dataset.model_dump(),
+            "seed": spec.seed,
+            "weights": "ema",
+            "ema_decay": spec.ema_decay,
+        }
+    )
+    snapshot = Pipeline(card, ema, pipe.text_encoder, pipe.autoencoder, registry=pipe.registry)
+    snapshot.device = device
+    ckpt = snapshot.save(out / "checkpoints" / f"step-{step:07d}")
+    save_state(
+        out / "state" / f"step-{step:07d}",
+        step=step,
+        model=model.backbone.state_dict(),
+        ema=ema.state_dict(),
+        optimizer=optimizer.state_dict(),
+        extra={"spec": spec.to_json(), "soundctm_version": __version__},
+    )
+    heldout = None
+    if valid is not None:
+        heldout = heldout_loss(
+            lambda x, s, c: snapshot.ctm(x, s, s, c, None),
+            snapshot.autoencoder.encode,
+            snapshot.encode_text,
+            valid,
+            sigma_data=spec.sigma_data,
+            n=spec.heldout_clips,
+            seed=spec.seed,
+            device=device,
+        )
+        with (out / "metrics.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, "heldout_loss": heldout}) + "\n")
+    if spec.preview_prompts:
+        _previews(snapshot, spec, out / "previews" / f"step-{step:07d}", ckpt)
+    _prune(out, spec.keep_checkpoints)
+    _point_latest(out, ckpt)
+    emit(callback, CheckpointSaved(step, str(ckpt), heldout))
+    return ckpt
+
+
+def _previews(pipe: Pipeline, spec: TeacherSpec, folder: Path, ckpt: Path) -> None:
+    from soundctm.engine.audio_io import sidecar_record, slug, write_sample
+    from soundctm.engine.checkpoint import card_sha256
+
+    gen = pipe.generate(
+        spec.preview_prompts,
+        seeds=list(range(len(spec.preview_prompts))),
+        steps=spec.preview_steps,
+        omega=spec.omega,
+        solver="heun",
+    )
+    for i, (audio, params) in enumerate(zip(gen.audio, gen.params, strict=True)):
+        record = sidecar_record(
+            params,
+            sample_rate=gen.sample_rate,
+            model_path=ckpt,
+            model_card_sha256=card_sha256(ckpt),
+        )
+        write_sample(folder / f"{i:02d}-{slug(params.prompt)}.wav", audio, gen.sample_rate, record)
+
+
+def _prune(out: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    for sub in ("checkpoints", "state", "previews"):
+        folders = sorted((out / sub).glob("step-*"))
+        for old in folders[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _point_latest(out: Path, ckpt: Path) -> None:
+    link = out / "latest"
+    tmp = out / ".latest.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(ckpt.relative_to(out), target_is_directory=True)
+    tmp.replace(link)
