@@ -134,8 +134,9 @@ def load_settings(cls: type[S], config: Path | None = None, **flags: Any) -> S:
                 f"unknown setting {field!r} for {cls.command} (from the config file or "
                 f"environment); check its spelling"
             ) from exc
+        origin = "" if field in given else " (from the environment or the config file)"
         raise InvalidArgumentError(
-            f"invalid {flag_name(field)} {value!r}: {err['msg'].lower()}"
+            f"invalid {flag_name(field)} {value!r}{origin}: {err['msg'].lower()}"
         ) from exc
     finally:
         _toml_section.reset(token)

@@ -50,7 +50,7 @@ def test_outside_plugin_components_build_and_sample(tmp_path):
 def test_registration_is_lazy():
     code = (
         "import sys; from soundctm.plugins.registry import get_registry; r = get_registry(); "
-        "assert r.names('backbone') == ['toy-conv']; "
+        "assert 'toy-conv' in r.names('backbone'); "
         "print('soundctm_toy.components' in sys.modules, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -61,7 +61,7 @@ def test_autoload_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("SOUNDCTM_DISABLE_PLUGIN_AUTOLOAD", "1")
     reg.reset_registry()
     r = reg.get_registry()
-    assert r.names("backbone") == []
+    assert r.names("backbone") == ["dit"]
     assert "gamma" in r.names("solver")
     with pytest.raises(UnknownComponentError, match="no installed plugin provides the backbone"):
         r.get("backbone", "toy-conv")
@@ -113,7 +113,7 @@ class Misspelt:
 
 
 def test_misspelt_hooks_are_errors():
-    with pytest.raises(PluginError, match="register_backbone"):
+    with pytest.raises(PluginError, match=r"plugin 'typo' is invalid.*register_backbone"):
         reg.register_plugin(Misspelt(), name="typo")
 
 
@@ -151,3 +151,10 @@ def test_plugins_command_lists_every_component():
     assert table.exit_code == 0 and "toy-frames" in table.stdout and "autoencoder" in table.stdout
     bad = CliRunner().invoke(build_app(), ["plugins", "--kind", "nope"])
     assert bad.exit_code == 2 and bad.stderr.startswith("error: unknown kind")
+
+
+def test_registering_the_same_plugin_twice_is_a_clear_error():
+    plugin = Extra()
+    reg.register_plugin(plugin, name="once")
+    with pytest.raises(PluginError, match="already registered"):
+        reg.register_plugin(plugin, name="twice")

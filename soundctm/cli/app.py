@@ -13,7 +13,7 @@ import typer
 
 from soundctm._version import __version__
 from soundctm.cli.common import fail, handle_errors, state
-from soundctm.errors import SoundCTMError
+from soundctm.errors import PluginError, SoundCTMError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -62,10 +62,11 @@ def build_app() -> typer.Typer:
     for entry in get_registry().entries("command"):
         fn = entry.load()
         if not callable(fn):
-            continue
-        app.command(name=entry.name, help=None, context_settings=CONTEXT)(
-            fn if getattr(fn, "__wrapped__", None) else handle_errors(fn)
-        )
+            raise PluginError(
+                f"command {entry.name!r} of plugin {entry.plugin!r} is not a function; "
+                "fix or uninstall that plugin"
+            )
+        app.command(name=entry.name, help=None, context_settings=CONTEXT)(handle_errors(fn))
     return app
 
 

@@ -21,7 +21,7 @@ def resolve_model(model: Path | None) -> Path:
     if default is None:
         raise CheckpointError(
             "no model given and this installation ships no default model; pass --model DIR "
-            "(a checkpoint folder written by `soundctm train` or `soundctm distill`) or set "
+            "(a checkpoint folder, e.g. runs/NAME/latest written by `soundctm train`) or set "
             "SOUNDCTM_SAMPLE_MODEL"
         )
     return default

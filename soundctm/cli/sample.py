@@ -151,19 +151,17 @@ def sample(
             "no prompts given; pass one or more prompts or --prompts-file FILE"
         )
 
-    from soundctm.engine.files import ensure_writable_dir
-
-    out_dir = ensure_writable_dir(settings.out)
     model_dir = resolve_model(settings.model)
 
     from soundctm.engine.audio_io import free_stem, sidecar_record, slug, write_sample
     from soundctm.engine.checkpoint import card_sha256
+    from soundctm.engine.files import ensure_writable_dir
     from soundctm.engine.pipeline import Pipeline
 
-    with (
-        err_console.status("loading model", spinner="dots") if err_console.is_terminal else _null()
-    ):
+    status = err_console.status("loading model", spinner="dots")
+    with status if err_console.is_terminal else _null():
         pipe = Pipeline.load(model_dir, device=settings.device)
+    out_dir = ensure_writable_dir(settings.out)
     card_hash = card_sha256(model_dir)
     expanded = [p for p in all_prompts for _ in range(settings.num_samples)]
     base = settings.seed if settings.seed is not None else secrets.randbelow(2**31)

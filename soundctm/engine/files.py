@@ -15,6 +15,26 @@ from pathlib import Path
 from soundctm.errors import OutputPathError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fix_modes(path: Path) -> None:
+    """Give files made by mkstemp/mkdtemp (0600/0700) the modes a plain open/mkdir would."""
+    mask = _umask()
+    if path.is_dir():
+        for root, dirs, names in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+            for n in names:
+                os.chmod(os.path.join(root, n), 0o666 & ~mask)
+        os.chmod(path, 0o777 & ~mask)
+    elif path.exists():
+        os.chmod(path, 0o666 & ~mask)
+
+
 def ensure_writable_dir(path: Path) -> Path:
     """Create ``path`` (and parents) if needed and check that files can be created in it."""
     try:
@@ -39,6 +59,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _fix_modes(tmp)
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -62,6 +83,7 @@ def write_dir_atomic(final: Path, fill: Callable[[Path], None]) -> None:
     old: Path | None = None
     try:
         fill(tmp)
+        _fix_modes(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)

@@ -202,13 +202,22 @@ def make_plugin_manager(extra: list[tuple[Any, str]] | None = None) -> pluggy.Pl
         if autoload_enabled():
             manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         for plugin, name in extra or []:
+            if manager.is_registered(plugin):
+                raise PluginError(
+                    f"plugin {name!r} is already registered (as "
+                    f"{manager.get_name(plugin)!r}); register it once"
+                )
             manager.register(plugin, name=name)
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
+        plugin_obj = getattr(exc, "plugin", None)
+        name = (manager.get_name(plugin_obj) if plugin_obj is not None else None) or "?"
         raise PluginError(
-            f"plugin {getattr(exc, 'plugin', '?')!r} is invalid: {exc}; "
+            f"plugin {name!r} is invalid: {exc}; "
             "fix its hook names (see `soundctm.plugins.hookspecs`) or uninstall it"
         ) from exc
+    except ValueError as exc:
+        raise PluginError(f"cannot register plugin: {exc}") from exc
     except (ImportError, AttributeError) as exc:
         raise PluginError(
             f"a plugin in entry-point group {ENTRY_POINT_GROUP!r} cannot be loaded: {exc}; "

@@ -20,12 +20,26 @@ SOLVERS = {
     "dpmpp-2m": ("soundctm.engine.solvers:sample_dpmpp_2m", "DPM-Solver++(2M), deterministic"),
 }
 
+BACKBONES = {
+    "dit": (
+        "soundctm.plugins.builtin.dit:DiT",
+        "SoundCTM-DiT: transformer over latent frames (rotary self-attention, text "
+        "cross-attention, SwiGLU); teacher or CTM student",
+    ),
+}
+
 COMMANDS = {
     "sample": ("soundctm.cli.sample:sample", "Generate sounds from text prompts"),
     "refine": ("soundctm.cli.refine:refine", "Re-run a sample with more steps, same content"),
     "plugins": ("soundctm.cli.plugins:plugins", "List installed components by kind"),
     "train": ("soundctm.cli.train:train", "Train a diffusion teacher (EDM)"),
 }
+
+
+@hookimpl
+def register_backbones(register: Register) -> None:
+    for name, (target, description) in BACKBONES.items():
+        register(name, target, description=description)
 
 
 @hookimpl
