@@ -37,5 +37,9 @@ class AudioFileError(SoundCTMError):
     """An audio file or its sidecar cannot be read or written."""
 
 
+class DataError(SoundCTMError):
+    """A data set cannot be used: a bad manifest or folder, or no usable clip at all."""
+
+
 class OutputPathError(SoundCTMError):
     """An output location cannot be written."""

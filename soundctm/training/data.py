@@ -20,12 +20,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from soundctm.engine.files import write_dir_atomic
-from soundctm.errors import SoundCTMError
+from soundctm.errors import DataError
 from soundctm.training.rng import derive_seed, generator
-
-
-class DataError(SoundCTMError):
-    """A data set cannot be used for training (empty, inconsistent clip lengths, ...)."""
 
 
 class StepBatchSampler(Sampler[list[int]]):

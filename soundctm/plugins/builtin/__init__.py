@@ -39,6 +39,24 @@ TEXT_ENCODERS = {
     ),
 }
 
+AUTOENCODERS = {
+    "mel": (
+        "soundctm.plugins.builtin.mel:MelAutoencoder",
+        "Log-mel spectrogram latents (64 bands, 16 kHz) decoded by Griffin-Lim; no weights",
+    ),
+}
+
+DATASETS = {
+    "csv": (
+        "soundctm.plugins.builtin.datasets:CsvDataset",
+        "Audio files listed in a CSV manifest with columns file_name,caption",
+    ),
+    "folder": (
+        "soundctm.plugins.builtin.datasets:FolderDataset",
+        "A folder of audio files (wav/flac/ogg/mp3) with same-named .txt captions",
+    ),
+}
+
 COMMANDS = {
     "sample": ("soundctm.cli.sample:sample", "Generate sounds from text prompts"),
     "refine": ("soundctm.cli.refine:refine", "Re-run a sample with more steps, same content"),
@@ -56,6 +74,18 @@ def register_backbones(register: Register) -> None:
 @hookimpl
 def register_text_encoders(register: Register) -> None:
     for name, (target, description) in TEXT_ENCODERS.items():
+        register(name, target, description=description)
+
+
+@hookimpl
+def register_autoencoders(register: Register) -> None:
+    for name, (target, description) in AUTOENCODERS.items():
+        register(name, target, description=description)
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    for name, (target, description) in DATASETS.items():
         register(name, target, description=description)
 
 
