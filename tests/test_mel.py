@@ -179,7 +179,9 @@ def test_sine_pitch_survives_round_trip(ae, freq):
     spec = torch.fft.rfft(y * torch.hann_window(y.shape[0], dtype=torch.float64))
     freqs = torch.fft.rfftfreq(y.shape[0], 1 / SR)
     peak = float(freqs[spec.abs().argmax()])
-    assert peak == pytest.approx(freq, rel=0.03, abs=20.0)
+    # Below 1 kHz the Slaney mel bands are 66.7 Hz apart: the representation pins a tone's pitch
+    # to about half a band, the rest is up to Griffin-Lim.
+    assert peak == pytest.approx(freq, rel=0.03, abs=35.0)
     assert float(y.abs().max()) > 0.1  # not silence
 
 

@@ -117,7 +117,10 @@ class Pipeline:
         """Build freshly initialised components by plugin name and parameters."""
         registry = registry or get_registry()
         comps = {
-            k: c if isinstance(c, ComponentCard) else ComponentCard(name=c[0], params=dict(c[1]))
+            k: expand_component(
+                registry, k,
+                c if isinstance(c, ComponentCard) else ComponentCard(name=c[0], params=dict(c[1])),
+            )
             for k, c in zip(COMPONENT_KINDS, (backbone, text_encoder, autoencoder), strict=True)
         }
         built = {k: registry.build(k, c.name, **c.params) for k, c in comps.items()}
@@ -454,6 +457,16 @@ class Pipeline:
             "soundctm_version": __version__,
             **{k: v for k, v in self.card.provenance.items() if isinstance(v, str | int)},
         }
+
+
+def expand_component(registry: Registry, kind: str, card: ComponentCard) -> ComponentCard:
+    """The card with explicit parameters: a factory may offer ``expand_params(params)`` to turn
+    shorthands (such as a size preset) into its full keyword arguments."""
+    factory = registry.load(kind, card.name)
+    expand = getattr(factory, "expand_params", None)
+    if expand is None:
+        return card
+    return ComponentCard(name=card.name, params=dict(expand(dict(card.params))))
 
 
 def _checkpoint_state(component: Any) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from soundctm._version import __version__
 from soundctm.engine.checkpoint import ComponentCard, SamplingDefaults
-from soundctm.engine.pipeline import Pipeline
+from soundctm.engine.pipeline import Pipeline, expand_component
 from soundctm.errors import InvalidArgumentError, SoundCTMError
 from soundctm.events import Callback, CheckpointSaved, Message, TrainLog, TrainStarted, emit
 from soundctm.plugins.registry import Registry, get_registry
@@ -244,6 +244,9 @@ def train_teacher(
     ):
         if card is not None:
             registry.get(kind, card.name)  # fail at once on an unknown name
+    spec.backbone = expand_component(registry, "backbone", spec.backbone)
+    spec.text_encoder = expand_component(registry, "text_encoder", spec.text_encoder)
+    spec.autoencoder = expand_component(registry, "autoencoder", spec.autoencoder)
     accelerator = Accelerator(
         mixed_precision=spec.mixed_precision,
         gradient_accumulation_steps=spec.grad_accum,

@@ -51,9 +51,21 @@ DATASETS = {
         "soundctm.plugins.builtin.datasets:CsvDataset",
         "Audio files listed in a CSV manifest with columns file_name,caption",
     ),
+    "synthcaps": (
+        "soundctm.plugins.builtin.synthcaps.dataset:SynthCapsDataset",
+        "SynthCaps: procedural captioned sounds (13 sources, attributes, test split with unseen "
+        "phrasing), generated on the fly",
+    ),
     "folder": (
         "soundctm.plugins.builtin.datasets:FolderDataset",
         "A folder of audio files (wav/flac/ogg/mp3) with same-named .txt captions",
+    ),
+}
+
+METRICS = {
+    "synthcaps-attributes": (
+        "soundctm.plugins.builtin.synthcaps.detectors:attribute_accuracy",
+        "Prompt following: SynthCaps attributes read back by analytic detectors",
     ),
 }
 
@@ -86,6 +98,12 @@ def register_autoencoders(register: Register) -> None:
 @hookimpl
 def register_datasets(register: Register) -> None:
     for name, (target, description) in DATASETS.items():
+        register(name, target, description=description)
+
+
+@hookimpl
+def register_metrics(register: Register) -> None:
+    for name, (target, description) in METRICS.items():
         register(name, target, description=description)
 
 

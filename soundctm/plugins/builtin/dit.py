@@ -280,6 +280,14 @@ class DiT(nn.Module):
     exactly (see the module docstring).
     """
 
+    @staticmethod
+    def expand_params(params: dict[str, Any]) -> dict[str, Any]:
+        """Card parameters from user parameters: ``{"preset": "small", "student": true}``
+        becomes the preset's explicit arguments, so checkpoints never depend on preset tables."""
+        params = dict(params)
+        preset = params.pop("preset", None)
+        return dit_config(preset, **params) if preset is not None else params
+
     def __init__(
         self,
         in_channels: int = 64,
