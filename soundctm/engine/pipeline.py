@@ -118,7 +118,8 @@ class Pipeline:
         registry = registry or get_registry()
         comps = {
             k: expand_component(
-                registry, k,
+                registry,
+                k,
                 c if isinstance(c, ComponentCard) else ComponentCard(name=c[0], params=dict(c[1])),
             )
             for k, c in zip(COMPONENT_KINDS, (backbone, text_encoder, autoencoder), strict=True)
