@@ -21,8 +21,19 @@ def test_tiny_dit_on_synthcaps_learns(tmp_path):
     cfg = tmp_path / "t.toml"
     text = (ROOT / "configs" / "teacher-tiny.toml").read_text()
     cfg.write_text(text.replace('"runs/teacher-tiny"', json.dumps(str(out))))
-    args = ["train", "--config", str(cfg), "--steps", "40", "--save-every", "40",
-            "--log-every", "10", "--batch-size", "8"]
+    args = [
+        "train",
+        "--config",
+        str(cfg),
+        "--steps",
+        "40",
+        "--save-every",
+        "40",
+        "--log-every",
+        "10",
+        "--batch-size",
+        "8",
+    ]
     # 1-second clips keep the test quick; everything else is the shipped recipe
     env = {"SOUNDCTM_TRAIN_SECONDS": "1.0", "SOUNDCTM_TRAIN_PREVIEW_STEPS": "2"}
     r = CliRunner().invoke(build_app(), args, env=env)
@@ -38,21 +49,41 @@ def test_tiny_dit_on_synthcaps_learns(tmp_path):
 
     def loss(pipe: Pipeline) -> float:
         return teacher_mod.heldout_loss(
-            lambda x, s, c: pipe.ctm(x, s, s, c, None), pipe.autoencoder.encode,
-            pipe.encode_text, valid, sigma_data=0.5, n=32, seed=3,
+            lambda x, s, c: pipe.ctm(x, s, s, c, None),
+            pipe.autoencoder.encode,
+            pipe.encode_text,
+            valid,
+            sigma_data=0.5,
+            n=32,
+            seed=3,
         )
 
     import torch
 
     torch.manual_seed(0)
-    fresh = Pipeline.build(kind="teacher", backbone=trained.card.components["backbone"],
-                           text_encoder=trained.card.components["text_encoder"],
-                           autoencoder=trained.card.components["autoencoder"],
-                           sigma_data=0.5, seconds=1.0)
+    fresh = Pipeline.build(
+        kind="teacher",
+        backbone=trained.card.components["backbone"],
+        text_encoder=trained.card.components["text_encoder"],
+        autoencoder=trained.card.components["autoencoder"],
+        sigma_data=0.5,
+        seconds=1.0,
+    )
     before, after = loss(fresh), loss(trained)
     print(f"held-out EDM loss: fresh {before:.4f}, after 40 steps {after:.4f}")
     assert after < 0.85 * before, (before, after)
-    r = CliRunner().invoke(build_app(), ["sample", "a loud bell rings twice", "--model",
-                                         str(final), "--steps", "4", "-o", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        build_app(),
+        [
+            "sample",
+            "a loud bell rings twice",
+            "--model",
+            str(final),
+            "--steps",
+            "4",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "o").glob("*.wav"))) == 1
