@@ -82,8 +82,8 @@ def test_training_lowers_heldout_loss_and_writes_sampleable_checkpoints(tmp_path
     assert card["kind"] == "teacher" and card["provenance"]["step"] == 60
     assert card["defaults"]["solver"] == "heun"
     assert sorted(p.name for p in (spec.out / "previews" / "step-0000060").iterdir()) == [
-        "00-a-high-tone.json",
-        "00-a-high-tone.wav",
+        "00-a-high-tone-heun2.json",
+        "00-a-high-tone-heun2.wav",
     ]
     r = CliRunner().invoke(
         build_app(),
@@ -213,3 +213,13 @@ def test_two_processes_with_gloo(tmp_path):
     Pipeline.load(tmp_path / "run" / "checkpoints" / "step-0000003")
     logged = [m for m in metrics(tmp_path / "run") if "loss" in m]
     assert len(logged) == 3  # only the main process writes metrics
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path):
+    spec = toy_spec(
+        tmp_path / "run", valid_dataset=None, steps=3, save_every=3, mixed_precision="bf16"
+    )
+    final = train_teacher(spec)
+    weights = load_file(str(final / "backbone.safetensors"))
+    assert all(w.dtype == torch.float32 for w in weights.values())  # fp32 master weights
+    assert all(m["loss"] == m["loss"] for m in metrics(spec.out) if "loss" in m)

@@ -15,10 +15,14 @@ from torch import Tensor
 
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.ctm import CTM
+from soundctm.engine.schedule import append_dims
 
 
-def cfg_combine(cond_out: Tensor, uncond_out: Tensor, scale: float) -> Tensor:
-    """``uncond + scale * (cond - uncond)`` (Ho & Salimans 2022, eq. 6)."""
+def cfg_combine(cond_out: Tensor, uncond_out: Tensor, scale: float | Tensor) -> Tensor:
+    """``uncond + scale * (cond - uncond)`` (Ho & Salimans 2022, eq. 6); ``scale`` may be one
+    number or one per sample."""
+    if isinstance(scale, Tensor):
+        scale = append_dims(scale.to(cond_out.dtype), cond_out.ndim)
     return uncond_out + scale * (cond_out - uncond_out)
 
 
@@ -33,16 +37,16 @@ def guided(
     x: Tensor,
     cond: Conditioning,
     uncond: Conditioning | None,
-    scale: float,
+    scale: float | Tensor,
     *args: Tensor | float | None,
 ) -> Tensor:
     """``fn(x, cond, *args)`` under classifier-free guidance with ``scale``.
 
     The conditional and unconditional halves run as ONE call of ``fn`` on a batch of 2B; per-sample
     tensor ``args`` are duplicated to match. ``scale == 1`` (or no ``uncond``) runs the
-    conditional half only.
+    conditional half only. ``scale`` may be a per-sample tensor [B].
     """
-    if uncond is None or scale == 1.0:
+    if uncond is None or (not isinstance(scale, Tensor) and scale == 1.0):
         return fn(x, cond, *args)
     if len(uncond) != len(cond):
         raise ValueError(f"{len(cond)} conditional but {len(uncond)} unconditional rows")
@@ -63,7 +67,7 @@ class GuidedModel:
     ctm: CTM
     cond: Conditioning
     uncond: Conditioning | None = None
-    scale: float = 1.0
+    scale: float | Tensor = 1.0
     omega: Tensor | float | None = None
 
     def _omega(self, x: Tensor) -> Tensor | None:
@@ -72,13 +76,14 @@ class GuidedModel:
         w = torch.as_tensor(self.omega, device=x.device, dtype=x.dtype)
         return w.expand(x.shape[0]) if w.ndim == 0 else w
 
-    def denoise(self, x: Tensor, sigma: float) -> Tensor:
-        """The guided denoiser at noise level ``sigma``."""
+    def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """The guided denoiser at noise level ``sigma`` (a number or one per sample)."""
 
-        def call(x_: Tensor, c: Conditioning, w: Tensor | None) -> Tensor:
-            return self.ctm.denoise(x_, sigma, c, w)
+        def call(x_: Tensor, c: Conditioning, w: Tensor | None, sig: Tensor) -> Tensor:
+            return self.ctm.denoise(x_, sig, c, w)
 
-        return guided(call, x, self.cond, self.uncond, self.scale, self._omega(x))
+        sig = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).expand(x.shape[0])
+        return guided(call, x, self.cond, self.uncond, self.scale, self._omega(x), sig)
 
     def jump(self, x: Tensor, t: float, s: float) -> Tensor:
         """The guided CTM jump ``G(x, t, s)`` (nu-sampling, method.md §5)."""

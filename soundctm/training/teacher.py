@@ -12,7 +12,6 @@ import copy
 import inspect
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,8 +25,8 @@ from torch.utils.data import DataLoader
 from soundctm._version import __version__
 from soundctm.engine.checkpoint import ComponentCard, SamplingDefaults
 from soundctm.engine.pipeline import Pipeline, expand_component
-from soundctm.errors import InvalidArgumentError, SoundCTMError
-from soundctm.events import Callback, CheckpointSaved, Message, TrainLog, TrainStarted, emit
+from soundctm.errors import InvalidArgumentError
+from soundctm.events import Callback, CheckpointSaved, Message, TrainStarted, emit
 from soundctm.plugins.registry import Registry, get_registry
 from soundctm.training.data import (
     DataError,
@@ -41,13 +40,22 @@ from soundctm.training.data import (
     mix_batch,
 )
 from soundctm.training.ema import ema_update
+from soundctm.training.loop import (
+    MetricsWindow,
+    TrainingDiverged,
+    append_jsonl,
+    check_finite,
+    make_accelerator,
+    point_latest,
+    prune,
+    resolve_resume,
+    write_previews,
+)
 from soundctm.training.losses import edm_denoising_loss, sample_edm_sigmas
 from soundctm.training.rng import generator
-from soundctm.training.state import latest_state, load_state, save_state
+from soundctm.training.state import load_state, save_state
 
-
-class TrainingDiverged(SoundCTMError):
-    """The loss became NaN or infinite."""
+__all__ = ["TeacherSpec", "TrainingDiverged", "train_teacher"]
 
 
 @dataclass
@@ -231,8 +239,6 @@ def train_teacher(
 
     ``resume``: a state folder, a run folder, or True for the newest state in ``spec.out``.
     """
-    from accelerate import Accelerator
-
     spec.validate()
     registry = registry or get_registry()
     for kind, card in (
@@ -247,31 +253,17 @@ def train_teacher(
     spec.backbone = expand_component(registry, "backbone", spec.backbone)
     spec.text_encoder = expand_component(registry, "text_encoder", spec.text_encoder)
     spec.autoencoder = expand_component(registry, "autoencoder", spec.autoencoder)
-    accelerator = Accelerator(
+    accelerator = make_accelerator(
         mixed_precision=spec.mixed_precision,
-        gradient_accumulation_steps=spec.grad_accum,
-        cpu=not torch.cuda.is_available(),
-        log_with=spec.tracker,
-        project_dir=str(spec.out),
+        grad_accum=spec.grad_accum,
+        tracker=spec.tracker,
+        out=spec.out,
     )
     device = accelerator.device
     main = accelerator.is_main_process
     out = Path(spec.out)
 
-    state_path: Path | None = None
-    if resume:
-        base = out if resume is True else Path(resume)
-        state_path = base if (base / "state.json").is_file() else latest_state(base)
-        if state_path is None:
-            raise InvalidArgumentError(
-                f"nothing to resume in {base}: no state/step-* folder; "
-                "drop --resume to start a new run"
-            )
-    elif main and latest_state(out) is not None:
-        raise InvalidArgumentError(
-            f"{out} already holds a training run; pass --resume to continue it or choose a new "
-            "--out"
-        )
+    state_path = resolve_resume(out, resume, main=main)
 
     torch.manual_seed(spec.seed)  # initial weights
     probe_ae = registry.build("autoencoder", spec.autoencoder.name, **spec.autoencoder.params)
@@ -364,12 +356,18 @@ def train_teacher(
         (out / "config.json").write_text(json.dumps(spec.to_json(), indent=2), encoding="utf-8")
 
     last_ckpt: Path | None = None
-    window: dict[str, float] = {"loss": 0.0, "grad": 0.0, "n": 0, "wait": 0.0}
-    t_window = time.perf_counter()
+    window = MetricsWindow(
+        out,
+        total_steps=spec.steps,
+        samples_per_step=spec.batch_size * world,
+        main=main,
+        accelerator=accelerator,
+        tracker=bool(spec.tracker),
+    )
     t_fetch = time.perf_counter()
     grad_norm = torch.tensor(0.0)
     for micro, batch in enumerate(loader, start=start * accum):
-        window["wait"] += time.perf_counter() - t_fetch
+        window.wait += time.perf_counter() - t_fetch
         step = micro // accum
         g = generator(spec.seed, "micro", micro, rank)
         captions = batch["caption"]
@@ -401,15 +399,8 @@ def train_teacher(
             optimizer.zero_grad(set_to_none=True)
 
         loss_value = float(accelerator.gather(loss.detach()[None]).mean())
-        if not math.isfinite(loss_value):
-            hint = f"; last good checkpoint: {last_ckpt}" if last_ckpt else ""
-            raise TrainingDiverged(
-                f"the loss became {loss_value} at step {step + 1}{hint}; lower --lr, use "
-                "gradient clipping or check the data"
-            )
-        window["loss"] += loss_value
-        window["grad"] += float(grad_norm)
-        window["n"] += 1
+        check_finite(loss_value, step + 1, last_ckpt)
+        window.add(loss=loss_value, grad_norm=float(grad_norm))
         if not accelerator.sync_gradients:
             t_fetch = time.perf_counter()
             continue
@@ -418,35 +409,7 @@ def train_teacher(
         )
         done = step + 1
         if done % spec.log_every == 0 or done == spec.steps:
-            elapsed = time.perf_counter() - t_window
-            samples = window["n"] * spec.batch_size * world
-            record = {
-                "step": done,
-                "loss": window["loss"] / window["n"],
-                "lr": optimizer.param_groups[0]["lr"],
-                "grad_norm": window["grad"] / window["n"],
-                "samples_per_s": samples / max(elapsed, 1e-9),
-                "data_wait": window["wait"] / max(elapsed, 1e-9),
-            }
-            if main:
-                with (out / "metrics.jsonl").open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                if spec.tracker:
-                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
-            emit(
-                callback,
-                TrainLog(
-                    done,
-                    spec.steps,
-                    record["loss"],
-                    record["lr"],
-                    record["grad_norm"],
-                    record["samples_per_s"],
-                    record["data_wait"],
-                ),
-            )
-            window = {"loss": 0.0, "grad": 0.0, "n": 0, "wait": 0.0}
-            t_window = time.perf_counter()
+            window.flush(done, optimizer.param_groups[0]["lr"], callback)
         if done % spec.save_every == 0 or done == spec.steps:
             accelerator.wait_for_everyone()
             if main:
@@ -528,50 +491,16 @@ def _save(
             seed=spec.seed,
             device=device,
         )
-        with (out / "metrics.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": step, "heldout_loss": heldout}) + "\n")
+        append_jsonl(out / "metrics.jsonl", {"step": step, "heldout_loss": heldout})
     if spec.preview_prompts:
-        _previews(snapshot, spec, out / "previews" / f"step-{step:07d}", ckpt)
-    _prune(out, spec.keep_checkpoints)
-    _point_latest(out, ckpt)
+        write_previews(
+            snapshot,
+            spec.preview_prompts,
+            out / "previews" / f"step-{step:07d}",
+            ckpt,
+            settings=[{"steps": spec.preview_steps, "omega": spec.omega, "solver": "heun"}],
+        )
+    prune(out, spec.keep_checkpoints)
+    point_latest(out, ckpt)
     emit(callback, CheckpointSaved(step, str(ckpt), heldout))
     return ckpt
-
-
-def _previews(pipe: Pipeline, spec: TeacherSpec, folder: Path, ckpt: Path) -> None:
-    from soundctm.engine.audio_io import sidecar_record, slug, write_sample
-    from soundctm.engine.checkpoint import card_sha256
-
-    gen = pipe.generate(
-        spec.preview_prompts,
-        seeds=list(range(len(spec.preview_prompts))),
-        steps=spec.preview_steps,
-        omega=spec.omega,
-        solver="heun",
-    )
-    for i, (audio, params) in enumerate(zip(gen.audio, gen.params, strict=True)):
-        record = sidecar_record(
-            params,
-            sample_rate=gen.sample_rate,
-            model_path=ckpt,
-            model_card_sha256=card_sha256(ckpt),
-        )
-        write_sample(folder / f"{i:02d}-{slug(params.prompt)}.wav", audio, gen.sample_rate, record)
-
-
-def _prune(out: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    for sub in ("checkpoints", "state", "previews"):
-        folders = sorted((out / sub).glob("step-*"))
-        for old in folders[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _point_latest(out: Path, ckpt: Path) -> None:
-    link = out / "latest"
-    tmp = out / ".latest.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(ckpt.relative_to(out), target_is_directory=True)
-    tmp.replace(link)

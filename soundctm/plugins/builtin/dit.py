@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from soundctm.engine.conditioning import Conditioning
-from soundctm.errors import CheckpointError, InvalidArgumentError
+from soundctm.engine.weights import init_student_from_teacher  # noqa: F401 (re-export)
+from soundctm.errors import InvalidArgumentError
 
 ROTARY_BASE = 10000.0
 FOURIER_SEED = 20240601  # fixed, so the random Fourier frequencies do not depend on global RNG
@@ -449,28 +450,3 @@ class DiT(nn.Module):
         feats: list[Tensor] = []
         self._run(x, t_noise, s_noise, omega, cond, features=feats)
         return feats
-
-
-def init_student_from_teacher(student: nn.Module, teacher_state: dict[str, Tensor]) -> list[str]:
-    """Copy every teacher entry whose name and shape match into ``student`` (method.md §3).
-
-    Works for any module (parameters and persistent buffers alike). Returns the names of the
-    student's state entries left freshly initialised (for the DiT: ``["student_gate"]``). Raises
-    :class:`CheckpointError` if nothing matches, which means the teacher is of another design.
-    """
-    fresh: list[str] = []
-    copied = 0
-    with torch.no_grad():
-        for name, value in student.state_dict(keep_vars=True).items():
-            source = teacher_state.get(name)
-            if source is None or tuple(source.shape) != tuple(value.shape):
-                fresh.append(name)
-                continue
-            value.copy_(source)
-            copied += 1
-    if copied == 0:
-        raise CheckpointError(
-            "none of the teacher's weights fit the student (no name and shape matches); "
-            "build the student with the teacher's backbone parameters"
-        )
-    return fresh

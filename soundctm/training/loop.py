@@ -1,0 +1,187 @@
+"""What every training loop shares: accelerate set-up, resume lookup, metrics, the NaN stop,
+checkpoint folders (pruning, the ``latest`` link) and audio previews."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soundctm.engine.pipeline import Pipeline
+from soundctm.errors import InvalidArgumentError, SoundCTMError
+from soundctm.events import Callback, TrainLog, emit
+from soundctm.training.state import latest_state
+
+
+class TrainingDiverged(SoundCTMError):
+    """The loss became NaN or infinite."""
+
+
+def make_accelerator(
+    *, mixed_precision: str, grad_accum: int, tracker: str | None, out: Path
+) -> Any:
+    """An ``accelerate.Accelerator`` (CPU when no GPU is present)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps its settings process-wide; a second run in the same process (a notebook, the
+    # tests) may use another precision. The distributed set-up itself (PartialState) is kept.
+    reset = getattr(AcceleratorState, "_reset_state", None)
+    if callable(reset):
+        reset()
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=grad_accum,
+        cpu=not torch.cuda.is_available(),
+        log_with=tracker,
+        project_dir=str(out),
+    )
+
+
+def resolve_resume(out: Path, resume: Path | bool | None, *, main: bool) -> Path | None:
+    """The state folder to resume from, or None for a fresh run (refusing to overwrite one)."""
+    if resume:
+        base = out if resume is True else Path(resume)
+        state = base if (base / "state.json").is_file() else latest_state(base)
+        if state is None:
+            raise InvalidArgumentError(
+                f"nothing to resume in {base}: no state/step-* folder; drop --resume to start a "
+                "new run"
+            )
+        return state
+    if main and latest_state(out) is not None:
+        raise InvalidArgumentError(
+            f"{out} already holds a training run; pass --resume to continue it or choose a new "
+            "--out"
+        )
+    return None
+
+
+def check_finite(value: float, step: int, last_checkpoint: Path | None) -> None:
+    """Stop the run with one clear line if the loss is NaN or infinite."""
+    if not math.isfinite(value):
+        hint = f"; last good checkpoint: {last_checkpoint}" if last_checkpoint else ""
+        raise TrainingDiverged(
+            f"the loss became {value} at step {step}{hint}; lower --lr, use gradient clipping "
+            "or check the data"
+        )
+
+
+class MetricsWindow:
+    """Averages per-step values over a logging window; writes JSONL and emits :class:`TrainLog`."""
+
+    def __init__(
+        self,
+        out: Path,
+        *,
+        total_steps: int,
+        samples_per_step: int,
+        main: bool,
+        accelerator: Any = None,
+        tracker: bool = False,
+    ) -> None:
+        self.out, self.total, self.samples_per_step = out, total_steps, samples_per_step
+        self.main, self.accelerator, self.tracker = main, accelerator, tracker
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.wait = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, **values: float) -> None:
+        """Add one step's values (``loss`` must be among them)."""
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.steps += 1
+
+    def flush(self, step: int, lr: float, callback: Callback | None) -> dict[str, float]:
+        """Write the window's averages and start a new window."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        n = max(self.steps, 1)
+        record: dict[str, float] = {"step": step, **{k: v / n for k, v in self.sums.items()}}
+        record["lr"] = lr
+        record["samples_per_s"] = self.steps * self.samples_per_step / elapsed
+        record["data_wait"] = min(self.wait / elapsed, 1.0)
+        if self.main:
+            append_jsonl(self.out / "metrics.jsonl", record)
+            if self.tracker and self.accelerator is not None:
+                self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        extra = {
+            k: v
+            for k, v in record.items()
+            if k not in {"step", "loss", "lr", "grad_norm", "samples_per_s", "data_wait"}
+        }
+        emit(
+            callback,
+            TrainLog(
+                step,
+                self.total,
+                record.get("loss", float("nan")),
+                lr,
+                record.get("grad_norm", 0.0),
+                record["samples_per_s"],
+                record["data_wait"],
+                extra or None,
+            ),
+        )
+        self.reset()
+        return record
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line."""
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def write_previews(
+    pipe: Pipeline,
+    prompts: Sequence[str],
+    folder: Path,
+    checkpoint: Path,
+    *,
+    settings: Sequence[dict[str, Any]],
+) -> None:
+    """Generate ``prompts`` (seeds 0, 1, ...) once per entry of ``settings`` (keyword arguments of
+    :meth:`Pipeline.generate`) and write WAV + sidecar files into ``folder``."""
+    from soundctm.engine.audio_io import sidecar_record, slug, write_sample
+    from soundctm.engine.checkpoint import card_sha256
+
+    digest = card_sha256(checkpoint)
+    for options in settings:
+        gen = pipe.generate(list(prompts), seeds=list(range(len(prompts))), **options)
+        tag = f"{gen.params[0].solver}{gen.params[0].steps}"
+        for i, (audio, params) in enumerate(zip(gen.audio, gen.params, strict=True)):
+            record = sidecar_record(
+                params, sample_rate=gen.sample_rate, model_path=checkpoint, model_card_sha256=digest
+            )
+            name = f"{i:02d}-{slug(params.prompt)}-{tag}.wav"
+            write_sample(folder / name, audio, gen.sample_rate, record)
+
+
+def prune(out: Path, keep: int) -> None:
+    """Keep only the newest ``keep`` step folders of checkpoints, states and previews."""
+    if keep <= 0:
+        return
+    for sub in ("checkpoints", "state", "previews"):
+        folders = sorted((out / sub).glob("step-*"))
+        for old in folders[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def point_latest(out: Path, checkpoint: Path) -> None:
+    """Atomically point ``out/latest`` at ``checkpoint`` (a relative symlink)."""
+    link = out / "latest"
+    tmp = out / ".latest.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(checkpoint.relative_to(out), target_is_directory=True)
+    tmp.replace(link)
