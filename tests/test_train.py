@@ -200,7 +200,7 @@ def test_two_processes_with_gloo(tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29517",
+        "--standalone",
         "-m",
         "soundctm",
         "train",
