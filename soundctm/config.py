@@ -191,3 +191,46 @@ class TrainSettings(CommandSettings):
     preview_steps: int = Field(default=18, ge=1)
     omega: float = Field(default=3.0, ge=0)
     tracker: str | None = None
+
+
+class DistillSettings(CommandSettings):
+    """Settings of ``soundctm distill`` (TOML table ``[distill]``, env ``SOUNDCTM_DISTILL_*``)."""
+
+    command: ClassVar[str] = "distill"
+    model_config = SettingsConfigDict(
+        env_prefix="SOUNDCTM_DISTILL_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    out: Path = Path("runs/student")
+    teacher: Path | None = None
+    dataset: ComponentSetting = ComponentSetting(name="synthcaps", params={"split": "train"})
+    text_encoder: ComponentSetting | None = None
+    autoencoder: ComponentSetting | None = None
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=8e-5, gt=0)
+    ema_decay: float = Field(default=0.999, ge=0, le=1)
+    grid_n: int = Field(default=40, ge=2)
+    k_distribution: Literal["linear", "uniform"] = "linear"
+    w_min: float = Field(default=1.0, ge=0)
+    w_max: float = Field(default=10.0, ge=0)
+    omega: float = Field(default=5.0, ge=0)
+    distance: Literal["feature", "l2", "l1", "pseudo-huber"] = "feature"
+    compare_at: Literal["s", "sigma_min"] = "s"
+    lambda_dsm: float = Field(default=0.2, ge=0)
+    adaptive_max: float = Field(default=1000.0, gt=0)
+    caption_dropout: float = Field(default=0.1, ge=0, lt=1)
+    p_mean: float = -1.2
+    p_std: float = Field(default=1.2, gt=0)
+    grad_clip: float = Field(default=1000.0, gt=0)
+    grad_accum: int = Field(default=1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    save_every: int = Field(default=500, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    num_workers: int = Field(default=0, ge=0)
+    keep_teacher: bool = False
+    preview_prompts: list[str] = Field(default_factory=list)
+    preview_steps: list[int] = Field(default_factory=lambda: [1, 4])
+    tracker: str | None = None

@@ -74,6 +74,7 @@ COMMANDS = {
     "refine": ("soundctm.cli.refine:refine", "Re-run a sample with more steps, same content"),
     "plugins": ("soundctm.cli.plugins:plugins", "List installed components by kind"),
     "train": ("soundctm.cli.train:train", "Train a diffusion teacher (EDM)"),
+    "distill": ("soundctm.cli.distill:distill", "Distil a SoundCTM student from a teacher"),
 }
 
 
