@@ -234,3 +234,6 @@ class DistillSettings(CommandSettings):
     preview_prompts: list[str] = Field(default_factory=list)
     preview_steps: list[int] = Field(default_factory=lambda: [1, 4])
     tracker: str | None = None
+    trajectory_cache: bool = False
+    cache_size: int = Field(default=512, ge=1)
+    cache_batch: int = Field(default=16, ge=1)

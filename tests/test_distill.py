@@ -216,3 +216,40 @@ dataset = {{ name = "toy-tones", params = {{ size = 16 }} }}
     assert r.exit_code == 2 and r.stderr.startswith("error: teacher")
     r = CliRunner().invoke(build_app(), ["distill", "-o", str(tmp_path / "y")])
     assert r.exit_code == 2 and "no teacher given" in r.stderr
+
+
+def test_trajectory_cache_mode(tmp_path, toy_teacher_dir):
+    spec = dspec(
+        tmp_path / "run",
+        toy_teacher_dir,
+        steps=4,
+        save_every=4,
+        trajectory_cache=True,
+        cache_size=6,
+        cache_batch=4,
+        grid_n=10,
+    )
+    Pipeline.load(distill(spec))
+    from soundctm.training.trajectories import TrajectoryCache
+
+    cache = TrajectoryCache(spec.out / "trajectory_cache")
+    assert len(cache) == 6 and cache.data.shape == (6, 10, 8, 250)
+    start = torch.from_numpy(cache.data[:, 0].copy())
+    assert abs(float(start.std()) / 80.0 - 1.0) < 0.05  # x at sigma_max = 80 * N(0, 1)
+    end = torch.from_numpy(cache.data[:, -1].copy())
+    assert float(end.abs().max()) < 10  # the teacher brought it down to data scale
+    stamp = (spec.out / "trajectory_cache" / "trajectories.npy").stat().st_mtime_ns
+    distill(
+        dspec(
+            tmp_path / "run",
+            toy_teacher_dir,
+            steps=6,
+            save_every=6,
+            trajectory_cache=True,
+            cache_size=6,
+            cache_batch=4,
+            grid_n=10,
+        ),
+        resume=True,
+    )
+    assert (spec.out / "trajectory_cache" / "trajectories.npy").stat().st_mtime_ns == stamp

@@ -67,6 +67,14 @@ def distill(
             show_default=False,
         ),
     ] = None,
+    trajectory_cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--trajectory-cache/--online",
+            help="Solve the teacher once for cache_size trajectories and train from the cache.",
+            show_default=False,
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the newest state in --out.")
     ] = False,
@@ -95,6 +103,7 @@ def distill(
         log_every=log_every,
         mixed_precision=mixed_precision,
         keep_teacher=keep_teacher,
+        trajectory_cache=trajectory_cache,
     )
     if settings.teacher is None:
         raise InvalidArgumentError(

@@ -61,6 +61,8 @@ from soundctm.training.losses import edm_denoising_loss
 from soundctm.training.rng import generator
 from soundctm.training.state import load_state, save_state
 from soundctm.training.teacher import build_dataset
+from soundctm.training.trajectories import TrajectoryCache, build_trajectory_cache
+from soundctm.training.trajectories import cache_matches as trajectory_cache_matches
 
 DISTANCES = ("feature", "l2", "l1", "pseudo-huber")
 
@@ -102,6 +104,9 @@ class DistillSpec:
     preview_prompts: list[str] = field(default_factory=list)
     preview_steps: list[int] = field(default_factory=lambda: [1, 4])
     tracker: str | None = None
+    trajectory_cache: bool = False
+    cache_size: int = 512
+    cache_batch: int = 16
 
     def validate(self) -> None:
         """Refuse impossible settings with one clear line."""
@@ -123,6 +128,7 @@ class DistillSpec:
                 self.mixed_precision in {"no", "bf16", "fp16"},
                 "mixed_precision must be no, bf16 or fp16",
             ),
+            (self.cache_size >= 1 and self.cache_batch >= 1, "cache_size/cache_batch must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -266,6 +272,46 @@ def distill(
             "distance = l2, l1 or pseudo-huber"
         )
 
+    traj = None
+    if spec.trajectory_cache:
+        fp = {
+            "teacher": card_sha256(Path(spec.teacher)),
+            "grid_n": spec.grid_n,
+            "size": spec.cache_size,
+            "w": [spec.w_min, spec.w_max],
+            "dropout": spec.caption_dropout,
+            "seed": spec.seed,
+            "dataset": spec.dataset.model_dump(),
+        }
+        cache_dir = out / "trajectory_cache"
+        if main and not trajectory_cache_matches(cache_dir, fp):
+            emit(
+                callback,
+                Message(
+                    f"solving the teacher's ODE for {spec.cache_size} "
+                    f"trajectories x {spec.grid_n} grid points into {cache_dir}"
+                ),
+            )
+            n_caps = min(len(dataset), spec.cache_size)
+            captions = [str(dataset[i]["caption"]) for i in range(n_caps)]
+            t0 = time.perf_counter()
+            build_trajectory_cache(
+                teacher,
+                captions,
+                cache_dir,
+                grid=grid,
+                size=spec.cache_size,
+                w_min=spec.w_min,
+                w_max=spec.w_max,
+                caption_dropout=spec.caption_dropout,
+                seed=spec.seed,
+                fingerprint=fp,
+                batch_size=spec.cache_batch,
+            )
+            emit(callback, Message(f"trajectory cache built in {time.perf_counter() - t0:.1f} s"))
+        accelerator.wait_for_everyone()
+        traj = TrajectoryCache(cache_dir)
+
     model, optimizer = accelerator.prepare(student, optimizer)
     world, rank, accum = accelerator.num_processes, accelerator.process_index, spec.grad_accum
     sampler = StepBatchSampler(
@@ -313,24 +359,36 @@ def distill(
         b = x0.shape[0]
         captions = drop_captions(batch["caption"], spec.caption_dropout, g)
         with torch.no_grad():
-            cond = teacher.encode_text(captions).to(device)
-            uncond = teacher.encode_text([""] * b).to(device)
+            cond_dsm = teacher.encode_text(captions).to(device)
         i_idx, s_idx = sample_grid_indices(b, spec.grid_n, k, g)
         t, u, s = grid[i_idx].to(device), grid[i_idx + k].to(device), grid[s_idx].to(device)
-        omega = sample_omega(b, spec.w_min, spec.w_max, g).to(device)
+        omega_dsm = sample_omega(b, spec.w_min, spec.w_max, g).to(device)
         eps = torch.randn(x0.shape, generator=g).to(device)
-        x_t = x0 + append_dims(t, x0.ndim) * eps
         sigma_d = dsm_sigmas(b, g, grid, spec.p_mean, spec.p_std).to(device)
         x_d = x0 + append_dims(sigma_d, x0.ndim) * torch.randn(x0.shape, generator=g).to(device)
 
         t_solve = time.perf_counter()
+        if traj is None:  # on-line: x_t from data, the teacher solves t -> u
+            cond, omega = cond_dsm, omega_dsm
+            x_t = x0 + append_dims(t, x0.ndim) * eps
+            with torch.inference_mode():
+                uncond = teacher.encode_text([""] * b).to(device)
+                guided_teacher = GuidedModel(teacher.ctm, cond, uncond, omega, None)
+                x_u = teacher_solve(
+                    guided_teacher.denoise, x_t, grid.to(device), i_idx.to(device), k
+                )
+        else:  # trajectory cache: x_t and x_u are looked up
+            m = torch.randint(len(traj), (b,), generator=g)
+            x_t = traj.points(m, i_idx).to(device)
+            x_u = traj.points(m, i_idx + k).to(device)
+            with torch.no_grad():
+                cond = teacher.encode_text([traj.captions[int(q)] for q in m]).to(device)
+            omega = traj.omegas[m].to(device)
         with torch.inference_mode():
-            guided_teacher = GuidedModel(teacher.ctm, cond, uncond, omega, None)
-            x_u = teacher_solve(guided_teacher.denoise, x_t, grid.to(device), i_idx.to(device), k)
             tgt = target.jump(x_u, u, s, cond, omega)
             if spec.compare_at == "sigma_min":
                 tgt = target.jump(tgt, s, sigma_min, cond, omega)
-        x_u, tgt = x_u.clone(), tgt.clone()  # leave inference mode
+        tgt = tgt.clone()  # leave inference mode
         solve_time = time.perf_counter() - t_solve
 
         with accelerator.accumulate(model):
@@ -339,8 +397,8 @@ def distill(
                     torch.cat([x_t, x_d]),
                     torch.cat([t, sigma_d]),
                     torch.cat([s, sigma_d]),
-                    cond.cat(cond),
-                    torch.cat([omega, omega]),
+                    cond.cat(cond_dsm),
+                    torch.cat([omega, omega_dsm]),
                 )
             g_est, denoised = g_all[:b].float(), g_all[b:].float()
             estimate = ctm_jump(x_t, g_est, t, s)
