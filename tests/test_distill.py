@@ -201,6 +201,13 @@ dataset = {{ name = "toy-tones", params = {{ size = 16 }} }}
         build_app(), ["refine", str(tmp_path / "o" / "a-low-tone-1.wav"), "--steps", "4"]
     )
     assert r.exit_code == 0, r.output
+    sample_teacher = ["sample", "a low tone", "--model", str(final), "--teacher", "--steps", "3"]
+    r = CliRunner().invoke(build_app(), [*sample_teacher, "--seed", "1", "-o", str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    side = json.loads((tmp_path / "t" / "a-low-tone-1.json").read_text())
+    assert side["solver"] == "heun" and side["model"].endswith("teacher")
+    r = CliRunner().invoke(build_app(), ["sample", "x", "-m", str(toy_teacher_dir), "--teacher"])
+    assert r.exit_code == 2 and "keeps no teacher" in r.stderr
     r = CliRunner().invoke(
         build_app(),
         [

@@ -12,7 +12,7 @@ import typer
 from soundctm.cli.common import console, err_console, handle_errors
 from soundctm.cli.models import resolve_model
 from soundctm.config import SampleSettings, load_settings
-from soundctm.errors import InvalidArgumentError
+from soundctm.errors import CheckpointError, InvalidArgumentError
 
 
 def read_prompts_file(path: Path) -> list[str]:
@@ -114,6 +114,13 @@ def sample(
     device: Annotated[
         str | None, typer.Option(help="torch device (default: cpu).", show_default=False)
     ] = None,
+    teacher: Annotated[
+        bool,
+        typer.Option(
+            "--teacher",
+            help="Sample the teacher kept beside a student (distill --keep-teacher).",
+        ),
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -152,6 +159,13 @@ def sample(
         )
 
     model_dir = resolve_model(settings.model)
+    if teacher:
+        if not (model_dir / "teacher" / "model.json").is_file():
+            raise CheckpointError(
+                f"{model_dir} keeps no teacher; distil with --keep-teacher, or pass the "
+                "teacher's own folder to --model"
+            )
+        model_dir = model_dir / "teacher"
 
     from soundctm.engine.audio_io import free_stem, sidecar_record, slug, write_sample
     from soundctm.engine.checkpoint import card_sha256
