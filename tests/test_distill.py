@@ -260,3 +260,38 @@ def test_trajectory_cache_mode(tmp_path, toy_teacher_dir):
         resume=True,
     )
     assert (spec.out / "trajectory_cache" / "trajectories.npy").stat().st_mtime_ns == stamp
+
+
+def test_two_processes_with_gloo(tmp_path, toy_teacher_dir):
+    import os
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f"""
+[distill]
+teacher = "{toy_teacher_dir}"
+out = "{tmp_path / "run"}"
+steps = 2
+batch_size = 4
+save_every = 2
+log_every = 1
+dataset = {{ name = "toy-tones", params = {{ size = 16 }} }}
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "soundctm",
+        "distill",
+        "--config",
+        str(cfg),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "on 2 process(es)" in r.stderr
+    Pipeline.load(tmp_path / "run" / "checkpoints" / "step-0000002")
