@@ -77,7 +77,17 @@ def register_datasets(register: Register) -> None:
 
 @hookspec
 def register_metrics(register: Register) -> None:
-    """Register evaluation metrics."""
+    """Register evaluation metrics (factories of objects with ``name`` and ``compute``)."""
+
+
+@hookspec
+def register_embedders(register: Register) -> None:
+    """Register audio embedders for evaluation (Frechet distances, classifiers, CLAP).
+
+    A factory returns an object with ``name``, ``sample_rate``, ``dim``, ``checksum`` (of its
+    weights, or "none") and ``embed(audio [B, n]) -> [B, dim]``; classifiers add
+    ``logits(audio) -> [B, classes]``, text-audio models add ``embed_text(texts) -> [B, dim]``.
+    """
 
 
 @hookspec

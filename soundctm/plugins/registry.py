@@ -34,6 +34,7 @@ KINDS: dict[str, str] = {
     "solver": "register_solvers",
     "dataset": "register_datasets",
     "metric": "register_metrics",
+    "embedder": "register_embedders",
     "command": "register_commands",
 }
 
