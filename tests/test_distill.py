@@ -295,3 +295,10 @@ dataset = {{ name = "toy-tones", params = {{ size = 16 }} }}
     assert r.returncode == 0, r.stderr[-3000:]
     assert "on 2 process(es)" in r.stderr
     Pipeline.load(tmp_path / "run" / "checkpoints" / "step-0000002")
+
+
+def test_bf16_mixed_precision(tmp_path, toy_teacher_dir):
+    spec = dspec(tmp_path / "run", toy_teacher_dir, steps=2, save_every=2, mixed_precision="bf16")
+    pipe = Pipeline.load(distill(spec))
+    assert all(p.dtype == torch.float32 for p in pipe.ctm.parameters())
+    assert all(m["loss"] == m["loss"] for m in metrics(spec.out) if "loss" in m)

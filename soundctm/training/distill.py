@@ -371,7 +371,8 @@ def distill(
         if traj is None:  # on-line: x_t from data, the teacher solves t -> u
             cond, omega = cond_dsm, omega_dsm
             x_t = x0 + append_dims(t, x0.ndim) * eps
-            with torch.inference_mode():
+            # the teacher runs under the run's mixed precision too (bf16/fp16 where supported)
+            with torch.inference_mode(), accelerator.autocast():
                 uncond = teacher.encode_text([""] * b).to(device)
                 guided_teacher = GuidedModel(teacher.ctm, cond, uncond, omega, None)
                 x_u = teacher_solve(
@@ -385,6 +386,7 @@ def distill(
                 cond = teacher.encode_text([traj.captions[int(q)] for q in m]).to(device)
             omega = traj.omegas[m].to(device)
         with torch.inference_mode():
+            x_u = x_u.float()
             tgt = target.jump(x_u, u, s, cond, omega)
             if spec.compare_at == "sigma_min":
                 tgt = target.jump(tgt, s, sigma_min, cond, omega)
