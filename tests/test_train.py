@@ -223,3 +223,23 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
     weights = load_file(str(final / "backbone.safetensors"))
     assert all(w.dtype == torch.float32 for w in weights.values())  # fp32 master weights
     assert all(m["loss"] == m["loss"] for m in metrics(spec.out) if "loss" in m)
+
+
+def test_tensorboard_tracker(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec = toy_spec(
+        tmp_path / "run",
+        valid_dataset=None,
+        steps=4,
+        save_every=4,
+        log_every=2,
+        tracker="tensorboard",
+    )
+    train_teacher(spec)
+    files = sorted((spec.out / "soundctm-train").glob("events*"))
+    assert files
+    acc = EventAccumulator(str(files[0]))
+    acc.Reload()
+    assert {"loss", "samples_per_s"} <= set(acc.Tags()["scalars"])

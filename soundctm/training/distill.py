@@ -51,6 +51,7 @@ from soundctm.training.ema import ema_update
 from soundctm.training.loop import (
     MetricsWindow,
     check_finite,
+    flat_config,
     make_accelerator,
     point_latest,
     prune,
@@ -331,7 +332,7 @@ def distill(
         persistent_workers=spec.num_workers > 0,
     )
     if spec.tracker and main:
-        accelerator.init_trackers("soundctm-distill", config=spec.to_json())
+        accelerator.init_trackers("soundctm-distill", config=flat_config(spec.to_json()))
     n_params = sum(p.numel() for p in student.backbone.parameters())
     emit(callback, TrainStarted(spec.steps, start, n_params, world, str(out)))
     out.mkdir(parents=True, exist_ok=True)

@@ -185,3 +185,17 @@ def point_latest(out: Path, checkpoint: Path) -> None:
         tmp.unlink()
     tmp.symlink_to(checkpoint.relative_to(out), target_is_directory=True)
     tmp.replace(link)
+
+
+def flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, str | int | float | bool]:
+    """A run's settings as flat scalars (``a.b.c``), the form experiment trackers accept."""
+    flat: dict[str, str | int | float | bool] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{name}."))
+        elif isinstance(value, str | int | float | bool):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value)
+    return flat

@@ -45,6 +45,7 @@ from soundctm.training.loop import (
     TrainingDiverged,
     append_jsonl,
     check_finite,
+    flat_config,
     make_accelerator,
     point_latest,
     prune,
@@ -347,7 +348,7 @@ def train_teacher(
         persistent_workers=spec.num_workers > 0,
     )
     if spec.tracker and main:
-        accelerator.init_trackers("soundctm-train", config=spec.to_json())
+        accelerator.init_trackers("soundctm-train", config=flat_config(spec.to_json()))
 
     n_params = sum(p.numel() for p in ctm.backbone.parameters())
     emit(callback, TrainStarted(spec.steps, start, n_params, world, str(out)))
