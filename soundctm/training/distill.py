@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from soundctm._version import __version__
 from soundctm.engine.checkpoint import ComponentCard, SamplingDefaults, card_sha256
@@ -32,7 +31,7 @@ from soundctm.engine.pipeline import Pipeline
 from soundctm.engine.schedule import append_dims, c_in, c_noise, karras_sigmas
 from soundctm.engine.weights import init_student_from_teacher
 from soundctm.errors import CheckpointError, InvalidArgumentError, PluginError
-from soundctm.events import Callback, CheckpointSaved, Message, TrainStarted, emit
+from soundctm.events import Callback, CheckpointSaved, Message, emit
 from soundctm.plugins.registry import Registry, get_registry
 from soundctm.training.ctm_losses import (
     adaptive_weight,
@@ -46,16 +45,15 @@ from soundctm.training.ctm_losses import (
     sample_omega,
     teacher_solve,
 )
-from soundctm.training.data import StepBatchSampler, collate, drop_captions
+from soundctm.training.data import drop_captions
 from soundctm.training.ema import ema_update
 from soundctm.training.loop import (
-    MetricsWindow,
     check_finite,
-    flat_config,
     make_accelerator,
     point_latest,
     prune,
     resolve_resume,
+    start_run,
     write_previews,
 )
 from soundctm.training.losses import edm_denoising_loss
@@ -314,40 +312,18 @@ def distill(
         traj = TrajectoryCache(cache_dir)
 
     model, optimizer = accelerator.prepare(student, optimizer)
-    world, rank, accum = accelerator.num_processes, accelerator.process_index, spec.grad_accum
-    sampler = StepBatchSampler(
-        len(dataset),
-        spec.batch_size,
-        seed=spec.seed,
-        world=world,
-        rank=rank,
-        start=start * accum,
-        limit=spec.steps * accum,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=spec.num_workers,
-        persistent_workers=spec.num_workers > 0,
-    )
-    if spec.tracker and main:
-        accelerator.init_trackers("soundctm-distill", config=flat_config(spec.to_json()))
+    rank, accum = accelerator.process_index, spec.grad_accum
     n_params = sum(p.numel() for p in student.backbone.parameters())
-    emit(callback, TrainStarted(spec.steps, start, n_params, world, str(out)))
-    out.mkdir(parents=True, exist_ok=True)
-    if main:
-        (out / "config.json").write_text(json.dumps(spec.to_json(), indent=2), encoding="utf-8")
-
-    last_ckpt: Path | None = None
-    window = MetricsWindow(
-        out,
-        total_steps=spec.steps,
-        samples_per_step=spec.batch_size * world,
-        main=main,
-        accelerator=accelerator,
-        tracker=bool(spec.tracker),
+    loader, window = start_run(
+        accelerator,
+        dataset,
+        spec,
+        name="soundctm-distill",
+        start=start,
+        parameters=n_params,
+        callback=callback,
     )
+    last_ckpt: Path | None = None
     grad_norm = torch.tensor(0.0)
     t_fetch = time.perf_counter()
     for micro, batch in enumerate(loader, start=start * accum):

@@ -199,3 +199,59 @@ def flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, str | int |
         else:
             flat[name] = json.dumps(value)
     return flat
+
+
+def start_run(
+    accelerator: Any,
+    dataset: Any,
+    spec: Any,
+    *,
+    name: str,
+    start: int,
+    parameters: int,
+    callback: Callback | None,
+) -> tuple[Any, MetricsWindow]:
+    """The shared start of a run: the deterministic loader from micro-batch ``start * grad_accum``,
+    trackers, ``config.json``, the :class:`TrainStarted` event and the metrics window.
+
+    ``spec`` needs ``out, steps, batch_size, seed, grad_accum, num_workers, tracker, to_json()``.
+    """
+    from torch.utils.data import DataLoader
+
+    from soundctm.events import TrainStarted
+    from soundctm.training.data import StepBatchSampler, collate
+
+    world, rank, accum = accelerator.num_processes, accelerator.process_index, spec.grad_accum
+    main = accelerator.is_main_process
+    sampler = StepBatchSampler(
+        len(dataset),
+        spec.batch_size,
+        seed=spec.seed,
+        world=world,
+        rank=rank,
+        start=start * accum,
+        limit=spec.steps * accum,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=spec.num_workers,
+        persistent_workers=spec.num_workers > 0,
+    )
+    if spec.tracker and main:
+        accelerator.init_trackers(name, config=flat_config(spec.to_json()))
+    out = Path(spec.out)
+    emit(callback, TrainStarted(spec.steps, start, parameters, world, str(out)))
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        (out / "config.json").write_text(json.dumps(spec.to_json(), indent=2), encoding="utf-8")
+    window = MetricsWindow(
+        out,
+        total_steps=spec.steps,
+        samples_per_step=spec.batch_size * world,
+        main=main,
+        accelerator=accelerator,
+        tracker=bool(spec.tracker),
+    )
+    return loader, window

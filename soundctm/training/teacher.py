@@ -20,36 +20,32 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from soundctm._version import __version__
 from soundctm.engine.checkpoint import ComponentCard, SamplingDefaults
 from soundctm.engine.pipeline import Pipeline, expand_component
 from soundctm.errors import InvalidArgumentError
-from soundctm.events import Callback, CheckpointSaved, Message, TrainStarted, emit
+from soundctm.events import Callback, CheckpointSaved, Message, emit
 from soundctm.plugins.registry import Registry, get_registry
 from soundctm.training.data import (
     DataError,
     LatentCacheDataset,
-    StepBatchSampler,
     build_latent_cache,
     cache_matches,
-    collate,
     dataset_fingerprint,
     drop_captions,
     mix_batch,
 )
 from soundctm.training.ema import ema_update
 from soundctm.training.loop import (
-    MetricsWindow,
     TrainingDiverged,
     append_jsonl,
     check_finite,
-    flat_config,
     make_accelerator,
     point_latest,
     prune,
     resolve_resume,
+    start_run,
     write_previews,
 )
 from soundctm.training.losses import edm_denoising_loss, sample_edm_sigmas
@@ -329,42 +325,18 @@ def train_teacher(
         dataset = LatentCacheDataset(cache_dir)
 
     model, optimizer = accelerator.prepare(ctm, optimizer)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    accum = spec.grad_accum
-    sampler = StepBatchSampler(
-        len(dataset),
-        spec.batch_size,
-        seed=spec.seed,
-        world=world,
-        rank=rank,
-        start=start * accum,
-        limit=spec.steps * accum,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=spec.num_workers,
-        persistent_workers=spec.num_workers > 0,
-    )
-    if spec.tracker and main:
-        accelerator.init_trackers("soundctm-train", config=flat_config(spec.to_json()))
-
+    rank, accum = accelerator.process_index, spec.grad_accum
     n_params = sum(p.numel() for p in ctm.backbone.parameters())
-    emit(callback, TrainStarted(spec.steps, start, n_params, world, str(out)))
-    out.mkdir(parents=True, exist_ok=True)
-    if main:
-        (out / "config.json").write_text(json.dumps(spec.to_json(), indent=2), encoding="utf-8")
-
-    last_ckpt: Path | None = None
-    window = MetricsWindow(
-        out,
-        total_steps=spec.steps,
-        samples_per_step=spec.batch_size * world,
-        main=main,
-        accelerator=accelerator,
-        tracker=bool(spec.tracker),
+    loader, window = start_run(
+        accelerator,
+        dataset,
+        spec,
+        name="soundctm-train",
+        start=start,
+        parameters=n_params,
+        callback=callback,
     )
+    last_ckpt: Path | None = None
     t_fetch = time.perf_counter()
     grad_norm = torch.tensor(0.0)
     for micro, batch in enumerate(loader, start=start * accum):
