@@ -13,7 +13,8 @@ that an embedder (:mod:`soundctm.eval.embedders`) computed. Nothing here knows a
 - KL divergence of classifier label distributions, paired clip by clip, and the Inception Score
   (Salimans et al. 2016) over classifier logits, as in the AudioLDM evaluation toolkit
   (``audioldm_eval``) used by the SoundCTM paper.
-- CLAP score: the cosine similarity of paired audio and text embeddings (Wu et al. 2023, LAION-CLAP).
+- CLAP score: the cosine similarity of paired audio and text embeddings (Wu et al. 2023,
+  LAION-CLAP).
 """
 
 from __future__ import annotations
@@ -106,8 +107,14 @@ def frechet_distance(
     ``imag_tol`` (pytorch-fid raises instead). The value is not clipped at 0: rounding can make
     the distance of a set to itself about ``-1e-12``.
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1, mu2 = (
+        np.atleast_1d(np.asarray(mu1, np.float64)),
+        np.atleast_1d(np.asarray(mu2, np.float64)),
+    )
+    s1, s2 = (
+        np.atleast_2d(np.asarray(sigma1, np.float64)),
+        np.atleast_2d(np.asarray(sigma2, np.float64)),
+    )
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
         raise InvalidArgumentError(
@@ -156,7 +163,7 @@ def default_subset_sizes(n: int, count: int = 15) -> list[int]:
     """``count`` subset sizes evenly spaced from ``max(2, n // 4)`` to ``n`` (duplicates after
     rounding removed), the default grid of :func:`fad_infinity`."""
     lo = max(2, n // 4)
-    return sorted({int(round(v)) for v in np.linspace(lo, n, count)})
+    return sorted({int(v) for v in np.rint(np.linspace(lo, n, count))})
 
 
 def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:

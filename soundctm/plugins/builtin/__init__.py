@@ -69,6 +69,19 @@ METRICS = {
     ),
 }
 
+EMBEDDERS = {
+    "mel-stats": (
+        "soundctm.eval.embedders:MelStatsEmbedder",
+        "Deterministic log-mel statistics (200-d at 16 kHz), no weights; NOT VGGish, its FD is "
+        "not FAD",
+    ),
+    "vggish": (
+        "soundctm.eval.vggish:VGGishEmbedder",
+        "VGGish, 128-d per 0.96 s (16 kHz FAD); your local torchvggish weights via weights= or "
+        "SOUNDCTM_VGGISH_WEIGHTS",
+    ),
+}
+
 COMMANDS = {
     "sample": ("soundctm.cli.sample:sample", "Generate sounds from text prompts"),
     "refine": ("soundctm.cli.refine:refine", "Re-run a sample with more steps, same content"),
@@ -105,6 +118,12 @@ def register_datasets(register: Register) -> None:
 @hookimpl
 def register_metrics(register: Register) -> None:
     for name, (target, description) in METRICS.items():
+        register(name, target, description=description)
+
+
+@hookimpl
+def register_embedders(register: Register) -> None:
+    for name, (target, description) in EMBEDDERS.items():
         register(name, target, description=description)
 
 
