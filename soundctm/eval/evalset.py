@@ -153,9 +153,7 @@ def read_clip(path: Path, target_rate: int | None = None) -> tuple[np.ndarray, i
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AudioFileError(
-            f"cannot read audio file {path} ({reason}); fix or remove it"
-        ) from exc
+        raise AudioFileError(f"cannot read audio file {path} ({reason}); fix or remove it") from exc
     if data.shape[0] == 0:
         raise AudioFileError(f"audio file {path} is empty (0 samples); fix or remove it")
     x = data.mean(axis=1).astype(np.float32)

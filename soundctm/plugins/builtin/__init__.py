@@ -63,9 +63,26 @@ DATASETS = {
 }
 
 METRICS = {
+    "fd": (
+        "soundctm.eval.plugins:FrechetMetric",
+        "Frechet distance on embeddings (FAD with vggish), optional FAD-infinity",
+    ),
+    "kl": (
+        "soundctm.eval.plugins:KLMetric",
+        "KL divergence of classifier label distributions, paired by file name",
+    ),
+    "is": ("soundctm.eval.plugins:ISMetric", "Inception Score over classifier logits"),
+    "clap": (
+        "soundctm.eval.plugins:ClapMetric",
+        "CLAP score: audio-caption cosine similarity (needs a text-audio embedder)",
+    ),
     "synthcaps-attributes": (
-        "soundctm.plugins.builtin.synthcaps.detectors:attribute_accuracy",
-        "Prompt following: SynthCaps attributes read back by analytic detectors",
+        "soundctm.eval.plugins:SynthCapsAttributes",
+        "Prompt following: SynthCaps attributes read back by analytic detectors (with chance)",
+    ),
+    "content-preservation": (
+        "soundctm.eval.plugins:ContentPreservation",
+        "Similarity of N-step to 1-step output of the same seed (gamma 0 keeps content)",
     ),
 }
 
@@ -88,6 +105,11 @@ COMMANDS = {
     "plugins": ("soundctm.cli.plugins:plugins", "List installed components by kind"),
     "train": ("soundctm.cli.train:train", "Train a diffusion teacher (EDM)"),
     "distill": ("soundctm.cli.distill:distill", "Distil a SoundCTM student from a teacher"),
+    "eval": (
+        "soundctm.cli.eval:eval_command",
+        "Evaluate audio or models: FD/FAD, KL, IS, CLAP, SynthCaps attributes, content "
+        "preservation",
+    ),
 }
 
 
