@@ -107,6 +107,31 @@ def test_distillation_learns_to_jump(tmp_path, toy_teacher_dir):
         "nu": 1.0,
         "omega": 2.0,
     }
+    # the SoundCTM promise, measured by `soundctm eval`: gamma = 0 keeps the 1-step content
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("caption\na low tone\na high tone\n")
+    r = CliRunner().invoke(
+        build_app(),
+        [
+            "eval",
+            "--model",
+            str(final),
+            "--prompts",
+            str(prompts),
+            "--steps",
+            "1,4",
+            "--gamma",
+            "0,1",
+            "-o",
+            str(tmp_path / "rep"),
+            "--no-cache",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "rep" / "results.json").read_text())["content_preservation"]
+    by_gamma = {row["gamma"]: row for row in rows["rows"]}
+    print("content preservation 1 -> 4 steps:", {g: v for g, v in by_gamma.items()})
+    assert set(by_gamma) == {0.0, 1.0}
     previews = sorted(p.name for p in (spec.out / "previews" / "step-0000120").glob("*.wav"))
     assert previews == ["00-a-low-tone-gamma1.wav", "00-a-low-tone-gamma4.wav"]
 

@@ -287,6 +287,7 @@ def prepare_metrics(
     context: EvalContext,
     *,
     preset: str | None = None,
+    allow_none: bool = False,
 ) -> tuple[list[Any], dict[str, str]]:
     """Build the metrics and their embedders before any work (so a missing weight file stops
     the run at once). Returns the metrics to run and ``{name: reason}`` of skipped ones."""
@@ -325,7 +326,7 @@ def prepare_metrics(
             skipped[name] = f"{embs[0].name} has no text tower"
             continue
         chosen.append(metric)
-    if not chosen:
+    if not chosen and not allow_none:
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "none selected"
         raise DataError(f"no metric can run on this input ({reasons})")
     return chosen, skipped
@@ -740,7 +741,10 @@ def evaluate_model(
     available = {"captions"} | ({"reference"} if ps.references is not None else set())
     if all(a for a in ps.attributes):
         available.add("attributes")
-    chosen, skipped = prepare_metrics(specs, explicit, available, context, preset=preset)
+    content_runs = content and pipe.is_student and base["solver"] == "gamma"
+    chosen, skipped = prepare_metrics(
+        specs, explicit, available, context, preset=preset, allow_none=content_runs
+    )
     seeds = [seed + i for i in range(len(ps.keys))]
 
     main = [Setting(s, g if s > 1 else 0.0) for s in steps for g in gammas]
