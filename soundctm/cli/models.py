@@ -13,6 +13,17 @@ def default_model_path() -> Path | None:
     return here if (here / "model.json").is_file() else None
 
 
+def load_model(model_dir: Path, device: str):  # noqa: ANN201 - a Pipeline or an OrtPipeline
+    """A torch pipeline, or the onnxruntime pipeline when ``model_dir`` holds an ONNX export."""
+    from soundctm.export.runtime import is_exported, load_exported, providers_for_device
+
+    if is_exported(model_dir):
+        return load_exported(model_dir, providers=providers_for_device(device))
+    from soundctm.engine.pipeline import Pipeline
+
+    return Pipeline.load(model_dir, device=device)
+
+
 def resolve_model(model: Path | None) -> Path:
     """``model`` or the packaged default; a clear error if there is neither."""
     if model is not None:

@@ -94,10 +94,10 @@ def refine(
                 f"sound would differ; pass --model {stored} to refine with it anyway"
             )
 
+    from soundctm.cli.models import load_model
     from soundctm.cli.progress import GenerationProgress
-    from soundctm.engine.pipeline import Pipeline
 
-    pipe = Pipeline.load(model_dir, device=settings.device)
+    pipe = load_model(model_dir, settings.device)
     card_hash = card_sha256(model_dir)
     pipe.resolve(
         steps=settings.steps,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from soundctm.cli.common import console, err_console, handle_errors
-from soundctm.cli.models import resolve_model
+from soundctm.cli.models import load_model, resolve_model
 from soundctm.config import SampleSettings, load_settings
 from soundctm.errors import CheckpointError, InvalidArgumentError
 
@@ -170,11 +170,10 @@ def sample(
     from soundctm.engine.audio_io import free_stem, sidecar_record, slug, write_sample
     from soundctm.engine.checkpoint import card_sha256
     from soundctm.engine.files import ensure_writable_dir
-    from soundctm.engine.pipeline import Pipeline
 
     status = err_console.status("loading model", spinner="dots")
     with status if err_console.is_terminal else _null():
-        pipe = Pipeline.load(model_dir, device=settings.device)
+        pipe = load_model(model_dir, settings.device)
     out_dir = ensure_writable_dir(settings.out)
     card_hash = card_sha256(model_dir)
     expanded = [p for p in all_prompts for _ in range(settings.num_samples)]

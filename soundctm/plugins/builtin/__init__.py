@@ -105,6 +105,10 @@ COMMANDS = {
     "plugins": ("soundctm.cli.plugins:plugins", "List installed components by kind"),
     "train": ("soundctm.cli.train:train", "Train a diffusion teacher (EDM)"),
     "distill": ("soundctm.cli.distill:distill", "Distil a SoundCTM student from a teacher"),
+    "export": (
+        "soundctm.cli.export:export",
+        "Export a model to ONNX graphs (and TensorRT engines) for low-latency inference",
+    ),
     "eval": (
         "soundctm.cli.eval:eval_command",
         "Evaluate audio or models: FD/FAD, KL, IS, CLAP, SynthCaps attributes, content "

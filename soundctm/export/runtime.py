@@ -1,0 +1,427 @@
+"""Run an exported model (docs/onnx.md) with onnxruntime, through the torch pipeline's code.
+
+:class:`OrtPipeline` is a :class:`~soundctm.engine.pipeline.Pipeline` whose three components are
+backed by graphs: argument validation, the Karras grids, per-sample CPU generators
+(:mod:`soundctm.engine.noise`), classifier-free guidance / nu-sampling
+(:class:`~soundctm.engine.guidance.GuidedModel`) and the solvers of
+:mod:`soundctm.engine.solvers` are the very same functions. Only ``g(x, t, s)``, the token
+states and the decoder run in the graphs, so the same prompt and seed give the same audio as the
+torch pipeline up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from soundctm.engine.checkpoint import ModelCard, read_card, sha256_file
+from soundctm.engine.conditioning import Conditioning
+from soundctm.engine.ctm import STUDENT, as_batch, ctm_jump
+from soundctm.engine.pipeline import Pipeline
+from soundctm.errors import CheckpointError, InvalidArgumentError, SoundCTMError
+from soundctm.export.onnx import EXPORT_FILE, EXPORT_FORMAT, EXPORT_VERSION, GRAPHS
+from soundctm.plugins.registry import Registry
+
+#: Short provider names accepted by :func:`resolve_providers`.
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class Graph(Protocol):
+    """What the pipeline needs of a graph: its input names and ``run(feeds) -> first output``."""
+
+    input_names: list[str]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def is_exported(path: str | Path) -> bool:
+    """True if ``path`` is a directory written by :func:`~soundctm.export.onnx.export_onnx`."""
+    spec = Path(path) / EXPORT_FILE
+    if not spec.is_file():
+        return False
+    try:
+        return json.loads(spec.read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def read_export(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """Read and check ``export.json`` (with ``verify``, every listed file's SHA-256)."""
+    path = Path(path)
+    if not is_exported(path):
+        raise CheckpointError(
+            f"{str(path)!r} is not an exported soundctm model (no valid {EXPORT_FILE}); "
+            "create one with `soundctm export --model CHECKPOINT --out DIR`"
+        )
+    spec = json.loads((path / EXPORT_FILE).read_text(encoding="utf-8"))
+    version = spec.get("format_version")
+    if not isinstance(version, int) or version > EXPORT_VERSION:
+        raise CheckpointError(
+            f"{path / EXPORT_FILE} has export format version {version!r}, newer than this "
+            f"soundctm supports ({EXPORT_VERSION}); upgrade soundctm"
+        )
+    for name, digest in spec.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(
+                f"exported model {str(path)!r} lacks {name}; copy the whole folder again"
+            )
+        if verify and sha256_file(file) != digest:
+            raise CheckpointError(
+                f"{file} is corrupt or truncated (its SHA-256 differs from {EXPORT_FILE}); "
+                "copy the exported model again or re-export it"
+            )
+    return spec
+
+
+def resolve_providers(providers: str | Sequence[str] | None = None) -> list[str]:
+    """onnxruntime execution providers, in order of preference, always ending with the CPU.
+
+    ``None`` picks CUDA when onnxruntime-gpu is installed and torch sees a GPU, else the CPU.
+    Names are ``cpu``, ``cuda``, ``tensorrt`` or onnxruntime's own provider names.
+    """
+    ort = _onnxruntime()
+    available = list(ort.get_available_providers())
+    if providers is None:
+        gpu = "CUDAExecutionProvider" in available and torch.cuda.is_available()
+        return (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        )
+    wanted = [providers] if isinstance(providers, str) else list(providers)
+    out: list[str] = []
+    for name in wanted:
+        full = PROVIDERS.get(name.lower(), name)
+        if full not in PROVIDERS.values() and full not in available:
+            raise InvalidArgumentError(
+                f"unknown onnxruntime provider {name!r}; choose from {', '.join(PROVIDERS)}"
+            )
+        if full not in available:
+            short = {v: k for k, v in PROVIDERS.items()}
+            have = ", ".join(short.get(a, a) for a in available)
+            raise InvalidArgumentError(
+                f"onnxruntime provider {name!r} is not available here (available: {have}); "
+                "CUDA and TensorRT need `pip install 'soundctm[gpu]'` (onnxruntime-gpu, never "
+                "beside onnxruntime) and an NVIDIA GPU"
+            )
+        if full not in out:
+            out.append(full)
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+def providers_for_device(device: str | None) -> list[str] | None:
+    """The providers for a ``--device`` value: ``cpu`` -> CPU, ``cuda``/``cuda:N`` -> CUDA,
+    ``tensorrt`` -> onnxruntime's TensorRT provider, ``auto``/None -> the default choice."""
+    if device is None or device == "auto":
+        return None
+    kind = device.split(":")[0].lower()
+    if kind not in PROVIDERS:
+        raise InvalidArgumentError(
+            f"device {device!r} is not usable with an exported model; use cpu, cuda or tensorrt"
+        )
+    return [kind]
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise SoundCTMError(
+            "running an exported model needs onnxruntime, which is not installed; run "
+            "`pip install 'soundctm[onnx]'` (or 'soundctm[gpu]' for onnxruntime-gpu)"
+        ) from exc
+    return onnxruntime
+
+
+class OrtGraph:
+    """One onnxruntime session; called with numpy feeds, returns its first output."""
+
+    def __init__(self, path: Path, providers: Sequence[str]) -> None:
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as exc:
+            raise CheckpointError(
+                f"onnxruntime cannot load {path} ({str(exc).strip().splitlines()[0]}); "
+                "re-export the model with this soundctm"
+            ) from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {k: feeds[k] for k in self.input_names})[0]
+
+
+# ---------------------------------------------------------------------------- components
+def _numpy(x: Tensor, dtype: Any = np.float32) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy().astype(dtype, copy=False))
+
+
+class GraphCTM:
+    """The :class:`~soundctm.engine.ctm.CTM` interface (``g``, ``denoise``, ``jump``) on the
+    ``network`` graph, which computes ``g(x, t, s)``; the jump is
+    ``G(x, t, s) = (s/t) x + (1 - s/t) g`` (CTM eq. 7, :func:`~soundctm.engine.ctm.ctm_jump`)."""
+
+    def __init__(self, graph: Graph, kind: str) -> None:
+        self.graph = graph
+        self.kind = kind
+
+    @property
+    def is_student(self) -> bool:
+        return self.kind == STUDENT
+
+    def parameters(self) -> Any:
+        """No torch parameters (the pipeline reads its dtype from here: float32)."""
+        return iter(())
+
+    def g(
+        self,
+        x: Tensor,
+        t: float | Tensor,
+        s: float | Tensor,
+        cond: Conditioning,
+        omega: float | Tensor | None = None,
+    ) -> Tensor:
+        """``g(x, t, s)`` from the graph; ``omega=None`` feeds 0 (a student's pipeline always
+        passes omega; a teacher's graph ignores it)."""
+        b = x.shape[0]
+        feeds = {
+            "x": _numpy(x),
+            "t": _numpy(as_batch(t, b, x)),
+            "s": _numpy(as_batch(s, b, x)),
+            "omega": _numpy(as_batch(0.0 if omega is None else omega, b, x)),
+            "tokens": _numpy(cond.tokens),
+            "mask": _numpy(cond.mask, np.bool_),
+        }
+        return torch.from_numpy(self.graph(feeds)).to(device=x.device, dtype=x.dtype)
+
+    def denoise(
+        self, x: Tensor, t: float | Tensor, cond: Conditioning, omega: float | Tensor | None = None
+    ) -> Tensor:
+        """The denoiser ``g(x, t, t)``."""
+        return self.g(x, t, t, cond, omega)
+
+    def jump(
+        self,
+        x: Tensor,
+        t: float | Tensor,
+        s: float | Tensor,
+        cond: Conditioning,
+        omega: float | Tensor | None = None,
+    ) -> Tensor:
+        """The CTM jump ``G(x, t, s)``."""
+        if not self.is_student:
+            raise TypeError("a teacher cannot jump between times; use heun, euler or dpmpp-2m")
+        b = x.shape[0]
+        return ctm_jump(x, self.g(x, t, s, cond, omega), as_batch(t, b, x), as_batch(s, b, x))
+
+
+class GraphTextEncoder:
+    """Tokenizer on the host, ``text_encoder`` graph for the token states.
+
+    Tokenises exactly as :class:`~soundctm.plugins.builtin.text.TransformersTextEncoder`
+    (special tokens, truncation to ``max_length``, one EOS/pad for a prompt without tokens);
+    with ``exact`` every prompt is encoded alone and unpadded, as the torch encoder does."""
+
+    def __init__(self, graph: Graph, tokenizer: Any, text: dict[str, Any]) -> None:
+        self.graph = graph
+        self.tokenizer = tokenizer
+        self.max_length = int(text["max_length"])
+        self.exact = bool(text["exact"])
+        self.dim = int(text["dim"])
+        self.pad_token_id = int(text["pad_token_id"])
+        self.fallback_token_id = text.get("fallback_token_id")
+
+    def token_ids(self, prompt: str) -> list[int]:
+        ids = list(self.tokenizer(prompt, truncation=True, max_length=self.max_length)["input_ids"])
+        if not ids:
+            if self.fallback_token_id is None:
+                raise InvalidArgumentError(f"the tokenizer gives no tokens for {prompt!r}")
+            ids = [int(self.fallback_token_id)]
+        return ids
+
+    def __call__(self, prompts: Sequence[str]) -> Conditioning:
+        from soundctm.plugins.builtin.text import pad_token_states
+
+        ids = [self.token_ids(p) for p in prompts]
+        groups = [[i] for i in ids] if self.exact else [ids]
+        states: list[Tensor] = []
+        for group in groups:
+            length = max(len(i) for i in group)
+            batch = np.array([i + [self.pad_token_id] * (length - len(i)) for i in group])
+            mask = np.array([[1] * len(i) + [0] * (length - len(i)) for i in group])
+            out = self.graph({"input_ids": batch.astype(np.int64), "attention_mask": mask})
+            states.extend(torch.from_numpy(out[r, : len(i)]) for r, i in enumerate(group))
+        return pad_token_states(states, self.dim)
+
+
+class GraphDecoder:
+    """``decode(latents)`` on the ``decoder`` graph, and the latent shape of a clip length."""
+
+    def __init__(self, graph: Graph, spec: dict[str, Any]) -> None:
+        self.graph = graph
+        self.sample_rate = int(spec["sample_rate"])
+        self.seconds = float(spec["seconds"])
+        latent = spec["latent"]
+        self.shape = [int(n) for n in latent["shape"]]
+        self.frame_axes = [int(a) for a in latent["frame_axes"]]
+        self.samples_per_frame = latent.get("samples_per_frame")
+
+    def latent_shape(self, seconds: float) -> tuple[int, ...]:
+        """The latent shape at ``seconds``: ``frames = ceil(round(seconds * rate) / k)`` with
+        ``k`` samples per frame (stored at export), or the export's clip length only."""
+        if abs(seconds - self.seconds) < 1e-9:
+            return tuple(self.shape)
+        if self.samples_per_frame is None:
+            raise InvalidArgumentError(
+                f"this exported model only generates {self.seconds:g} s clips; drop --seconds"
+            )
+        n = round(seconds * self.sample_rate)
+        shape = list(self.shape)
+        shape[self.frame_axes[0]] = max(1, -(-n // int(self.samples_per_frame)))
+        return tuple(shape)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return torch.from_numpy(self.graph({"latents": _numpy(latents)}))
+
+
+# ---------------------------------------------------------------------------- pipeline
+class OrtPipeline(Pipeline):
+    """An exported model run by onnxruntime (or TensorRT engines, see
+    :func:`soundctm.export.tensorrt.load_tensorrt`), with the torch pipeline's sampling code.
+
+    ``generate``, ``generate_batches``, ``refine``, ``resolve``, ``grid`` and ``latent_shape``
+    are inherited unchanged from :class:`~soundctm.engine.pipeline.Pipeline`.
+    """
+
+    def __init__(
+        self,
+        card: ModelCard,
+        spec: dict[str, Any],
+        graphs: dict[str, Graph],
+        tokenizer: Any,
+        *,
+        path: Path | None = None,
+        providers: Sequence[str] = (),
+        registry: Registry | None = None,
+    ) -> None:
+        # Pipeline.__init__ builds torch modules; this one wires graphs into the same slots.
+        from soundctm.plugins.registry import get_registry
+
+        self.card = card
+        self.spec = spec
+        self.ctm = GraphCTM(graphs["network"], card.kind)  # type: ignore[assignment]
+        self.text_encoder = GraphTextEncoder(graphs["text_encoder"], tokenizer, spec["text"])
+        self.autoencoder = GraphDecoder(graphs["decoder"], spec)
+        self.path = Path(path) if path is not None else None
+        self.providers = list(providers)
+        self.registry = registry or get_registry()
+        self.device = torch.device("cpu")
+        if self.autoencoder.sample_rate != card.sample_rate:
+            raise CheckpointError(
+                f"{EXPORT_FILE} says {self.autoencoder.sample_rate} Hz but model.json says "
+                f"{card.sample_rate} Hz; re-export the model"
+            )
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls,
+        path: str | Path,
+        *,
+        providers: str | Sequence[str] | None = None,
+        verify: bool = True,
+        registry: Registry | None = None,
+    ) -> OrtPipeline:
+        """Load an exported directory; ``providers``: see :func:`resolve_providers`."""
+        path = Path(path)
+        spec = read_export(path, verify=verify)
+        chosen = resolve_providers(providers)
+        graphs = {name: OrtGraph(path / spec["graphs"][name]["file"], chosen) for name in GRAPHS}
+        return cls.from_graphs(path, graphs, providers=chosen, spec=spec, registry=registry)
+
+    @classmethod
+    def from_graphs(
+        cls,
+        path: str | Path,
+        graphs: dict[str, Graph],
+        *,
+        providers: Sequence[str] = (),
+        spec: dict[str, Any] | None = None,
+        registry: Registry | None = None,
+    ) -> OrtPipeline:
+        """An exported directory's card, spec and tokenizer with the given graph runners."""
+        path = Path(path)
+        spec = spec if spec is not None else read_export(path)
+        card = read_card(path)
+        return cls(
+            card,
+            spec,
+            graphs,
+            load_tokenizer(path / spec["text"]["tokenizer"]),
+            path=path,
+            providers=providers,
+            registry=registry,
+        )
+
+    def to(self, device: str | torch.device) -> OrtPipeline:
+        """Host tensors stay on the CPU; choose the accelerator with ``providers``."""
+        if torch.device(device).type != "cpu":
+            raise InvalidArgumentError(
+                "an exported model runs where its onnxruntime providers run; pass providers "
+                "(cpu, cuda, tensorrt) instead of a device"
+            )
+        return self
+
+    def save(self, path: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
+        raise CheckpointError(
+            "an exported model cannot be saved as a training checkpoint; keep the original "
+            "checkpoint folder (copy the exported folder as a whole instead)"
+        )
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer saved at export (``tokenizer/``), loaded offline with transformers."""
+    from transformers import AutoTokenizer
+
+    from soundctm.plugins.builtin.text import _quiet_transformers
+
+    try:
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"the tokenizer in {path} cannot be loaded ({str(exc).strip().splitlines()[0]}); "
+            "copy the exported model again or re-export it"
+        ) from exc
+
+
+def load_exported(path: str | Path, *, providers: str | Sequence[str] | None = None) -> OrtPipeline:
+    """Load an exported model directory with onnxruntime (see :meth:`OrtPipeline.load`)."""
+    return OrtPipeline.load(path, providers=providers)
+
+
+__all__ = [
+    "PROVIDERS",
+    "GraphCTM",
+    "GraphDecoder",
+    "GraphTextEncoder",
+    "OrtGraph",
+    "OrtPipeline",
+    "is_exported",
+    "load_exported",
+    "providers_for_device",
+    "read_export",
+    "resolve_providers",
+]
