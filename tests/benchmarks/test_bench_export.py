@@ -1,0 +1,80 @@
+"""torch eager vs onnxruntime (CPU): the network alone and the 1-step pipeline, batch 1 and 8.
+
+A "small" DiT student (6.65M parameters, the size planned for the default model) with MiniLM and
+the mel codec, 3-second clips. Real-time factor = seconds of compute per second of audio.
+Run: pytest tests/benchmarks/test_bench_export.py --benchmark-only -s
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from soundctm.engine.pipeline import Pipeline
+from soundctm.export import OrtPipeline, export_onnx
+
+SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def pipes(tmp_path_factory):
+    torch.manual_seed(0)
+    pipe = Pipeline.build(
+        kind="ctm",
+        backbone=("dit", {"preset": "small", "student": True}),
+        text_encoder=("minilm", {}),
+        autoencoder=("mel", {}),
+        sigma_data=0.5,
+        seconds=SECONDS,
+    )
+    with torch.no_grad():
+        for p in pipe.ctm.backbone.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    root = tmp_path_factory.mktemp("bench-export")
+    ckpt = pipe.save(root / "ckpt")
+    exported = export_onnx(ckpt, root / "onnx")
+    return Pipeline.load(ckpt), OrtPipeline.load(exported, providers=["cpu"])
+
+
+def _net_inputs(pipe, batch):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *pipe.latent_shape(SECONDS), generator=g) * 80
+    cond = pipe.encode_text([f"a beep {i}" for i in range(batch)])
+    t = torch.full((batch,), 80.0)
+    s = torch.full((batch,), 0.002)
+    w = torch.full((batch,), 5.0)
+    return x, t, s, cond, w
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_network(benchmark, pipes, runtime, batch):
+    pipe = pipes[0] if runtime == "torch" else pipes[1]
+    x, t, s, cond, w = _net_inputs(pipes[0], batch)
+
+    def run():
+        with torch.inference_mode():
+            return pipe.ctm.g(x, t, s, cond, w)
+
+    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    benchmark.extra_info.update({"runtime": runtime, "batch": batch})
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_one_step_pipeline(benchmark, pipes, runtime, batch):
+    pipe = pipes[0] if runtime == "torch" else pipes[1]
+    prompts = ["a high-pitched beep repeating three times"] * batch
+    seeds = list(range(batch))
+    pipe.generate(prompts, seeds=seeds, steps=1, batch_size=batch)  # warm the prompt cache
+    benchmark.pedantic(
+        lambda: pipe.generate(prompts, seeds=seeds, steps=1, batch_size=batch),
+        rounds=5,
+        warmup_rounds=1,
+    )
+    rtf = benchmark.stats.stats.mean / (batch * SECONDS)
+    benchmark.extra_info.update({"runtime": runtime, "batch": batch, "rtf": round(rtf, 4)})
+    print(
+        f"\n1-step pipeline {runtime} batch {batch}: {benchmark.stats.stats.mean * 1000:.0f} ms,"
+        f" real-time factor {rtf:.4f}"
+    )
