@@ -63,6 +63,11 @@ def _need(module: str) -> Any:
         ) from exc
 
 
+#: The fewest latent frames an exported graph accepts (0.32 s with the mel codec), unless the
+#: model's own clip is shorter.
+MIN_FRAMES = 32
+
+
 def _first_line(exc: BaseException, limit: int = 300) -> str:
     """One line of an exception: for torch.onnx's long reports, the exception summary and the
     line of model code that raised it."""
@@ -379,8 +384,12 @@ def export_onnx(
     length = torch.export.Dim("length", min=1, max=max(2, int(encoder.max_length)))
     latent_dims: dict[int, Any] = {0: batch}
     for i in axes:
+        # Not min=1: a decoder's STFT padding needs a few frames (the mel codec at n_fft 1024,
+        # hop 160 needs > 3.2), and torch.export refuses a range that admits fewer.
         latent_dims[i + 1] = torch.export.Dim(
-            "frames" if len(axes) == 1 else f"frames{i}", min=1, max=max_latent[i]
+            "frames" if len(axes) == 1 else f"frames{i}",
+            min=min(latent[i], MIN_FRAMES),
+            max=max_latent[i],
         )
 
     g = torch.Generator().manual_seed(0)
