@@ -12,6 +12,7 @@ torch pipeline up to float rounding.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -243,6 +244,8 @@ class GraphTextEncoder:
         self.dim = int(text["dim"])
         self.pad_token_id = int(text["pad_token_id"])
         self.fallback_token_id = text.get("fallback_token_id")
+        self.cache_size = int(text.get("cache_size", 4096))
+        self._cache: OrderedDict[str, Tensor] = OrderedDict()
 
     def token_ids(self, prompt: str) -> list[int]:
         ids = list(self.tokenizer(prompt, truncation=True, max_length=self.max_length)["input_ids"])
@@ -255,16 +258,25 @@ class GraphTextEncoder:
     def __call__(self, prompts: Sequence[str]) -> Conditioning:
         from soundctm.plugins.builtin.text import pad_token_states
 
-        ids = [self.token_ids(p) for p in prompts]
-        groups = [[i] for i in ids] if self.exact else [ids]
-        states: list[Tensor] = []
-        for group in groups:
-            length = max(len(i) for i in group)
-            batch = np.array([i + [self.pad_token_id] * (length - len(i)) for i in group])
-            mask = np.array([[1] * len(i) + [0] * (length - len(i)) for i in group])
-            out = self.graph({"input_ids": batch.astype(np.int64), "attention_mask": mask})
-            states.extend(torch.from_numpy(out[r, : len(i)]) for r, i in enumerate(group))
-        return pad_token_states(states, self.dim)
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            ids = [self.token_ids(p) for p in missing]
+            groups = [[i] for i in ids] if self.exact else [ids]
+            fresh: list[Tensor] = []
+            for group in groups:
+                length = max(len(i) for i in group)
+                batch = np.array([i + [self.pad_token_id] * (length - len(i)) for i in group])
+                mask = np.array([[1] * len(i) + [0] * (length - len(i)) for i in group])
+                out = self.graph({"input_ids": batch.astype(np.int64), "attention_mask": mask})
+                fresh.extend(torch.from_numpy(out[r, : len(i)].copy()) for r, i in enumerate(group))
+            for prompt, state in zip(missing, fresh, strict=True):
+                self._cache[prompt] = state
+        states = [self._cache[p] for p in prompts]
+        for p in prompts:  # least recently used last out
+            self._cache.move_to_end(p)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return pad_token_states([s.clone() for s in states], self.dim)
 
 
 class GraphDecoder:
