@@ -173,16 +173,19 @@ def build_latent_cache(
     return path
 
 
+def built_with(meta: Path, data: Path, fingerprint: dict[str, Any]) -> bool:
+    """True if the cache whose JSON ``meta`` and ``data`` file both exist was built with
+    ``fingerprint`` (a stale or half-written cache is never reused)."""
+    try:
+        stored = json.loads(meta.read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+    return stored == json.loads(json.dumps(fingerprint)) and data.is_file()
+
+
 def cache_matches(path: Path, fingerprint: dict[str, Any]) -> bool:
     """True if ``path`` holds a complete latent cache built with ``fingerprint``."""
-    try:
-        index = json.loads((path / CACHE_INDEX).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return (
-        index.get("fingerprint") == json.loads(json.dumps(fingerprint))
-        and (path / CACHE_DATA).is_file()
-    )
+    return built_with(Path(path) / CACHE_INDEX, Path(path) / CACHE_DATA, fingerprint)
 
 
 class LatentCacheDataset(Dataset):

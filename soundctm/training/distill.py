@@ -418,18 +418,14 @@ def distill(
             adaptive_weight=float(a),
             k=float(k),
             grad_norm=float(grad_norm),
-            teacher_share=solve_time,
         )
+        window.time("teacher", solve_time)
         if not accelerator.sync_gradients:
             t_fetch = time.perf_counter()
             continue
         ema_update(target.backbone, accelerator.unwrap_model(model).backbone, spec.ema_decay)
         done = step + 1
         if done % spec.log_every == 0 or done == spec.steps:
-            elapsed = time.perf_counter() - window.started
-            window.sums["teacher_share"] = (
-                window.sums.get("teacher_share", 0.0) * window.steps / (max(elapsed, 1e-9))
-            )
             window.flush(done, optimizer.param_groups[0]["lr"], callback)
         if done % spec.save_every == 0 or done == spec.steps:
             accelerator.wait_for_everyone()

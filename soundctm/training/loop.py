@@ -92,6 +92,7 @@ class MetricsWindow:
 
     def reset(self) -> None:
         self.sums: dict[str, float] = {}
+        self.timers: dict[str, float] = {}
         self.steps = 0
         self.wait = 0.0
         self.started = time.perf_counter()
@@ -102,6 +103,10 @@ class MetricsWindow:
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.steps += 1
 
+    def time(self, name: str, seconds: float) -> None:
+        """Count ``seconds`` spent in ``name``; the log reports ``<name>_share`` of wall time."""
+        self.timers[name] = self.timers.get(name, 0.0) + seconds
+
     def flush(self, step: int, lr: float, callback: Callback | None) -> dict[str, float]:
         """Write the window's averages and start a new window."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -110,6 +115,8 @@ class MetricsWindow:
         record["lr"] = lr
         record["samples_per_s"] = self.steps * self.samples_per_step / elapsed
         record["data_wait"] = min(self.wait / elapsed, 1.0)
+        for name, seconds in self.timers.items():
+            record[f"{name}_share"] = min(seconds / elapsed, 1.0)
         if self.main:
             append_jsonl(self.out / "metrics.jsonl", record)
             if self.tracker and self.accelerator is not None:

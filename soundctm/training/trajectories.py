@@ -22,6 +22,7 @@ from soundctm.engine.files import write_dir_atomic
 from soundctm.engine.guidance import GuidedModel
 from soundctm.engine.pipeline import Pipeline
 from soundctm.training.ctm_losses import teacher_solve
+from soundctm.training.data import built_with
 from soundctm.training.rng import generator
 
 TRAJ_DATA = "trajectories.npy"
@@ -122,11 +123,4 @@ class TrajectoryCache:
 
 def cache_matches(path: Path, fingerprint: dict[str, Any]) -> bool:
     """True if ``path`` holds a complete trajectory cache built with ``fingerprint``."""
-    try:
-        meta = json.loads((Path(path) / TRAJ_META).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return (
-        meta.get("fingerprint") == json.loads(json.dumps(fingerprint))
-        and (Path(path) / TRAJ_DATA).is_file()
-    )
+    return built_with(Path(path) / TRAJ_META, Path(path) / TRAJ_DATA, fingerprint)
