@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 from typing import Annotated, Any, ClassVar
 
 import typer
@@ -74,56 +73,6 @@ class EvalSettings(CommandSettings):
         if value is not None and any(not 0.0 <= g <= 1.0 for g in value):
             raise ValueError("every gamma must be between 0 and 1")
         return value
-
-
-class EvalProgress:
-    """A bar per stage (generation, embedding); plain lines when stderr is not a terminal."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.live = err_console.is_terminal
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-            disable=not self.live,
-        )
-        self.task = self.progress.add_task("eval", total=None)
-
-    def __enter__(self) -> EvalProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.progress.__exit__(exc_type, exc, tb)
-
-    def __call__(self, event: object) -> None:
-        from soundctm.eval.runner import EvalStage, EvalTick
-        from soundctm.events import Message
-
-        if isinstance(event, EvalStage):
-            self.progress.reset(self.task, total=event.total, description=event.text)
-        elif isinstance(event, EvalTick):
-            self.progress.update(self.task, completed=event.done, total=event.total)
-        elif isinstance(event, Message) and self.live:
-            self.progress.console.print(event.text, highlight=False, markup=False)
 
 
 @handle_errors
@@ -303,9 +252,10 @@ def eval_command(
         "use_cache": s.cache,
         "device": s.device,
     }
+    from soundctm.cli.progress import EvalProgress
     from soundctm.eval import runner
 
-    with EvalProgress() as bar:
+    with EvalProgress(err_console) as bar:
         if s.model is None:
             if generated is None:
                 raise InvalidArgumentError(

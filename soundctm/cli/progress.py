@@ -126,3 +126,44 @@ class TrainProgress:
             self._line(f"checkpoint {event.path}{extra}")
         elif isinstance(event, Message):
             self._line(event.text)
+
+
+class EvalProgress:
+    """A bar per stage (generation, embedding); plain lines when stderr is not a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self.live = console.is_terminal
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task("eval", total=None)
+
+    def __enter__(self) -> EvalProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.__exit__(exc_type, exc, tb)
+
+    def __call__(self, event: object) -> None:
+        from soundctm.eval.runner import EvalStage, EvalTick
+        from soundctm.events import Message
+
+        if isinstance(event, EvalStage):
+            self.progress.reset(self.task, total=event.total, description=event.text)
+        elif isinstance(event, EvalTick):
+            self.progress.update(self.task, completed=event.done, total=event.total)
+        elif isinstance(event, Message) and self.live:
+            self.progress.console.print(event.text, highlight=False, markup=False)
