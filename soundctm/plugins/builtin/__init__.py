@@ -109,6 +109,10 @@ COMMANDS = {
         "soundctm.cli.export:export",
         "Export a model to ONNX graphs (and TensorRT engines) for low-latency inference",
     ),
+    "pack": (
+        "soundctm.cli.pack:pack",
+        "Pack a checkpoint for distribution (half-precision weights, bundled teacher)",
+    ),
     "eval": (
         "soundctm.cli.eval:eval_command",
         "Evaluate audio or models: FD/FAD, KL, IS, CLAP, SynthCaps attributes, content "

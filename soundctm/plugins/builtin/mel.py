@@ -74,6 +74,25 @@ def spectral_convergence(reference: Tensor, estimate: Tensor) -> Tensor:
     return num / torch.linalg.vector_norm(reference, dim=(-2, -1)).clamp_min(1e-12)
 
 
+PHASE_FLOOR = 1e-6  # |STFT| below this has no meaningful phase (audio peaks are O(1))
+
+
+def unit_phase(real: Tensor, imag: Tensor, floor: float = PHASE_FLOOR) -> tuple[Tensor, Tensor]:
+    """``(real, imag) / |real + i imag|``, the phase projection of Griffin-Lim (eq. 4 of Perraudin
+    et al. 2013), with phase 0 wherever the magnitude is below ``floor``.
+
+    Near-silent bins have no meaningful phase: their direction is rounding noise, which differs
+    between runtimes (onnxruntime returns exact zeros where torch returns 1e-9) and would be
+    amplified by the following iterations. A fixed choice there keeps torch and exported decoders
+    in step."""
+    norm = torch.sqrt(real * real + imag * imag)
+    small = norm < floor
+    safe = torch.where(small, torch.ones_like(norm), norm)
+    real = torch.where(small, torch.ones_like(real), real / safe)
+    imag = torch.where(small, torch.zeros_like(imag), imag / safe)
+    return real, imag
+
+
 class MelAutoencoder(nn.Module):
     """Log-mel latents ``[B, n_mels, frames]`` with a Griffin-Lim decoder; nothing to train.
 
@@ -145,6 +164,8 @@ class MelAutoencoder(nn.Module):
         self.n_mels = int(n_mels)
         self.sigma_data = float(sigma_data)
         self.griffin_lim_iters = int(griffin_lim_iters)
+        # iterative phase retrieval: exported decoders are checked on the spectrogram
+        self.phase_retrieval = self.griffin_lim_iters > 0
         self.momentum = float(momentum)
         self.log_mean = float(log_mean)
         self.log_std = float(log_std)
@@ -242,8 +263,7 @@ class MelAutoencoder(nn.Module):
         for _ in range(self.griffin_lim_iters):
             re, im = self.stft(self.istft(magnitude * cos, magnitude * sin, length))
             cos, sin = re - beta * prev_re, im - beta * prev_im
-            norm = torch.sqrt(cos * cos + sin * sin) + 1e-16
-            cos, sin = cos / norm, sin / norm
+            cos, sin = unit_phase(cos, sin)
             prev_re, prev_im = re, im
         return self.istft(magnitude * cos, magnitude * sin, length)
 

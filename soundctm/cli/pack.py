@@ -1,0 +1,49 @@
+"""``soundctm pack``: a distributable copy of a checkpoint (half-precision weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from soundctm.cli.common import console, handle_errors
+from soundctm.errors import InvalidArgumentError
+
+
+@handle_errors
+def pack(
+    model: Annotated[Path, typer.Argument(help="Checkpoint folder to pack.", show_default=False)],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the packed copy.", show_default=False)
+    ],
+    dtype: Annotated[
+        str, typer.Option(help="Weight precision: float16, bfloat16 or float32.")
+    ] = "float16",
+    teacher: Annotated[
+        bool,
+        typer.Option(
+            "--teacher/--no-teacher", help="Pack the bundled teacher (MODEL/teacher) as well."
+        ),
+    ] = True,
+) -> None:
+    """Copy a checkpoint with its weights cast to half precision and fresh checksums.
+
+    Loading casts the weights back to float32; only their rounding changes. A student's bundled teacher (from `distill --keep-teacher`) travels along in OUT/teacher, used by `sample --teacher`.
+    """  # noqa: E501
+    if dtype not in {"float16", "bfloat16", "float32"}:
+        raise InvalidArgumentError(f"--dtype must be float16, bfloat16 or float32, got {dtype!r}")
+    if not (model / "model.json").is_file():
+        raise InvalidArgumentError(f"{model} is not a checkpoint folder (no model.json in it)")
+    from soundctm.engine.pack import pack_checkpoint, weights_bytes
+
+    before = (
+        weights_bytes(model) if teacher else weights_bytes(model) - weights_bytes(model / "teacher")
+    )
+    path = pack_checkpoint(model, out, dtype=dtype, with_teacher=teacher)
+    console.print(
+        f"packed {model} -> {path}: weights {before / 1e6:.1f} MB -> "
+        f"{weights_bytes(path) / 1e6:.1f} MB ({dtype})",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,78 @@
+"""Packing checkpoints for distribution (half-precision weights, bundled teacher)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from soundctm.cli.app import build_app
+from soundctm.engine.checkpoint import read_card
+from soundctm.engine.pack import cast_floating, pack_checkpoint, weights_bytes
+from soundctm.engine.pipeline import Pipeline
+from soundctm.errors import CheckpointError
+
+
+def run(*args):
+    return CliRunner().invoke(build_app(), [str(a) for a in args])
+
+
+def test_cast_floating_keeps_integers():
+    state = {"w": torch.ones(2), "n": torch.arange(3)}
+    out = cast_floating(state, torch.float16)
+    assert out["w"].dtype == torch.float16 and out["n"].dtype == torch.int64
+
+
+def test_pack_halves_weights_and_loads_close(tmp_path, student_dir, teacher_dir):
+    shutil.copytree(teacher_dir, student_dir / "teacher")
+    packed = pack_checkpoint(student_dir, tmp_path / "packed")
+    assert (packed / "teacher" / "model.json").is_file()
+    card = read_card(packed)
+    assert card.provenance["packed"]["dtype"] == "float16"
+    assert card.provenance["teacher"] == "teacher"
+    with safe_open(str(packed / card.components["backbone"].file), framework="pt") as fh:
+        dtypes = {fh.get_tensor(k).dtype for k in fh.keys()}  # noqa: SIM118
+    assert dtypes == {torch.float16}
+    assert weights_bytes(packed) < 0.6 * weights_bytes(student_dir)
+
+    full, half = Pipeline.load(student_dir), Pipeline.load(packed)  # verifies the new hashes
+    assert next(half.ctm.parameters()).dtype == torch.float32
+    a = full.generate(["a beep"], seeds=[3]).audio
+    b = half.generate(["a beep"], seeds=[3]).audio
+    assert torch.allclose(a, b, atol=1e-2) and not torch.equal(a, b)
+    Pipeline.load(packed / "teacher")
+
+
+def test_pack_refuses_overflow_and_nested_output(tmp_path, student_dir):
+    with pytest.raises(Exception, match="outside"):
+        pack_checkpoint(student_dir, student_dir / "inner")
+    card = json.loads((student_dir / "model.json").read_text())
+    from safetensors.torch import save_file
+
+    from soundctm.engine.checkpoint import sha256_file
+
+    path = student_dir / card["components"]["backbone"]["file"]
+    with safe_open(str(path), framework="pt") as fh:
+        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        meta = fh.metadata()
+    first = next(iter(state))
+    state[first] = state[first] * 0 + 1e6
+    save_file(state, str(path), metadata=meta)
+    card["components"]["backbone"]["sha256"] = sha256_file(path)
+    (student_dir / "model.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="float16 range"):
+        pack_checkpoint(student_dir, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+
+
+def test_pack_cli(tmp_path, student_dir):
+    r = run("pack", student_dir, "--out", tmp_path / "p")
+    assert r.exit_code == 0, r.output
+    assert "MB" in r.stdout and (tmp_path / "p" / "model.json").is_file()
+    bad = run("pack", tmp_path / "nothing", "--out", tmp_path / "q")
+    assert bad.exit_code == 2 and "no model.json" in bad.stderr
+    assert not (tmp_path / "q").exists()
