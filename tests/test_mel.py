@@ -277,3 +277,14 @@ def test_default_size_decoder_exports_without_nan_and_keeps_the_spectrogram(tmp_
     ref = ae.decode(z)
     # 1 iteration: 1e-5; 32 iterations: 0.012 (the runtimes settle on different valid phases)
     assert spectral_convergence(ref, torch.from_numpy(out)) < SPECTRAL_CHECK_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "hop"),
+    [(49152, 1024, 512), (5000, 1024, 256), (3000, 64, 16), (2000, 1024, 160), (100, 64, 32)],
+)
+def test_frame_signal_equals_unfold(n, size, hop):
+    from soundctm.plugins.builtin.mel import frame_signal
+
+    x = torch.randn(2, n)
+    assert torch.equal(frame_signal(x, size, hop), x.unfold(-1, size, hop))

