@@ -195,12 +195,13 @@ def test_bad_sample_arguments(tmp_path, student_dir, args, fragment):
     assert files(out) == []
 
 
-def test_missing_model(tmp_path):
+def test_missing_model(tmp_path, monkeypatch):
     r = run("sample", "x", "--model", tmp_path / "nope", "-o", tmp_path / "o")
     assert_one_line_error(r, "does not exist", "--model")
     (tmp_path / "empty").mkdir()
     r = run("sample", "x", "--model", tmp_path / "empty", "-o", tmp_path / "o")
     assert_one_line_error(r, "has no model.json")
+    monkeypatch.setattr("soundctm.cli.models.default_model_path", lambda: None)  # none shipped
     r = run("sample", "x", "-o", tmp_path / "o")
     assert_one_line_error(r, "no model given")
     assert files(tmp_path / "o") == []
