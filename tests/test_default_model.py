@@ -112,7 +112,7 @@ def test_exported_default_model_runs_from_the_cli(tmp_path):
     pytest.importorskip("onnxruntime")
     import torch
 
-    from soundctm.export.onnx import SPECTRAL_CHECK_TOLERANCE, spectral_convergence
+    from soundctm.export.onnx import SPECTRAL_CHECK_TOLERANCE, waveform_spectral_convergence
 
     app, run = build_app(), CliRunner().invoke
     r = run(app, ["export", "--out", str(tmp_path / "onnx")])
@@ -127,5 +127,5 @@ def test_exported_default_model_runs_from_the_cli(tmp_path):
         assert rate == 16000
         wavs.append(torch.from_numpy(audio)[None])
     assert wavs[0].shape == wavs[1].shape
-    sc = spectral_convergence(wavs[1], wavs[0])
+    sc = waveform_spectral_convergence(wavs[1], wavs[0])
     assert sc < SPECTRAL_CHECK_TOLERANCE, sc

@@ -258,7 +258,7 @@ def _export_graph(
 ) -> float:
     """Export one graph, check it with onnx.checker and compare onnxruntime with torch on
     ``args``. Returns the max abs difference (``spectral``: the spectral convergence, see
-    :func:`spectral_convergence`). Every failure names the component."""
+    :func:`waveform_spectral_convergence`). Every failure names the component."""
     import onnx
 
     module.eval()
@@ -290,10 +290,11 @@ def _export_graph(
     return _compare(component, name, module, args, path, tolerance, spectral)
 
 
-def spectral_convergence(reference: Tensor, estimate: Tensor) -> float:
+def waveform_spectral_convergence(reference: Tensor, estimate: Tensor) -> float:
     """``||S(estimate)| - |S(reference)||_F / ||S(reference)||_F`` over STFT magnitudes of
     waveforms ``[B, n]`` (Sturmel & Daudet 2011, the Griffin-Lim literature's consistency
-    measure): 0 when both have the same spectrogram, whatever their phases."""
+    measure): 0 when both have the same spectrogram, whatever their phases. (The `mel` codec's
+    ``spectral_convergence`` compares given magnitudes per clip; this one takes waveforms.)"""
     n_fft = min(SPECTRAL_N_FFT, 1 << max(1, reference.shape[-1].bit_length() - 1))
     window = torch.hann_window(n_fft)
 
@@ -319,8 +320,9 @@ def _compare(
     """Max |onnxruntime - torch| of the graph at ``path`` on ``args`` (raises if too large).
 
     With ``spectral`` (phase-retrieval decoders) the outputs are compared by
-    :func:`spectral_convergence` against ``SPECTRAL_CHECK_TOLERANCE`` instead: iterative phase
-    retrieval lets rounding pick different, equally valid phases in the two runtimes."""
+    :func:`waveform_spectral_convergence` against ``SPECTRAL_CHECK_TOLERANCE`` instead:
+    iterative phase retrieval lets rounding pick different, equally valid phases in the two
+    runtimes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -338,7 +340,7 @@ def _compare(
             f"{tuple(got.shape)}, torch {tuple(ref.shape)}"
         )
     if spectral and ref.numel():
-        diff = spectral_convergence(ref, got)
+        diff = waveform_spectral_convergence(ref, got)
         if not diff <= SPECTRAL_CHECK_TOLERANCE:
             raise ExportError(
                 f"cannot export the {component} {name!r}: the spectrograms of its onnxruntime "
