@@ -170,6 +170,7 @@ class TrainSettings(CommandSettings):
     lr: float = Field(default=2e-4, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_steps: int = Field(default=0, ge=0)
+    decay_steps: int = Field(default=0, ge=0)
     ema_decay: float = Field(default=0.999, ge=0, le=1)
     sigma_data: float = Field(default=0.5, gt=0)
     seconds: float = Field(default=3.0, gt=0)

@@ -109,6 +109,31 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_lr_schedule_warms_up_holds_and_decays_to_zero():
+    lr_at = teacher_mod.lr_at
+    assert [lr_at(s, 1.0, 4) for s in (0, 1, 3, 50)] == [0.25, 0.5, 1.0, 1.0]
+    rates = [lr_at(s, 1.0, 4, steps=20, decay=5) for s in range(20)]
+    assert rates[4:15] == [1.0] * 11  # stable phase, independent of the total
+    assert rates[15:] == [1.0, 0.8, 0.6, 0.4, 0.2]  # lr * (steps - step) / decay
+    assert lr_at(2, 1.0, 4, steps=4, decay=4) == 0.5  # decay never raises a warm-up rate
+    with pytest.raises(InvalidArgumentError, match="decay_steps"):
+        toy_spec(Path("unused"), steps=10, decay_steps=11).validate()
+
+
+def test_resume_with_a_longer_decayed_schedule_is_exact(tmp_path):
+    """The default teacher's recipe: constant lr, resumed later with more steps and a decay."""
+    straight = toy_spec(tmp_path / "a", valid_dataset=None, decay_steps=6)
+    train_teacher(straight)
+    train_teacher(toy_spec(tmp_path / "b", valid_dataset=None, steps=10))
+    train_teacher(toy_spec(tmp_path / "b", valid_dataset=None, decay_steps=6), resume=True)
+    a = load_file(str(tmp_path / "a" / "state" / "step-0000020" / "state.safetensors"))
+    b = load_file(str(tmp_path / "b" / "state" / "step-0000020" / "state.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lrs = [m["lr"] for m in metrics(tmp_path / "a") if "lr" in m]
+    assert lrs[0] == pytest.approx(3e-3) and lrs[-1] < 3e-3 / 5
+
+
 def test_existing_run_needs_resume_and_resume_checks_settings(tmp_path):
     spec = toy_spec(tmp_path / "run", valid_dataset=None, steps=10)
     train_teacher(spec)

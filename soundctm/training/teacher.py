@@ -70,6 +70,7 @@ class TeacherSpec:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    decay_steps: int = 0
     ema_decay: float = 0.999
     sigma_data: float = 0.5
     seconds: float = 3.0
@@ -98,6 +99,10 @@ class TeacherSpec:
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
+            (
+                0 <= self.decay_steps <= self.steps,
+                "decay_steps must be in [0, steps] (the last decay_steps steps anneal lr to 0)",
+            ),
             (0 <= self.ema_decay <= 1, "ema_decay must be in [0, 1]"),
             (self.seconds > 0, "seconds must be > 0"),
             (0 <= self.caption_dropout < 1, "caption_dropout must be in [0, 1)"),
@@ -129,9 +134,17 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-def lr_at(step: int, lr: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant."""
-    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+def lr_at(step: int, lr: float, warmup: int, steps: int = 0, decay: int = 0) -> float:
+    """Warm-up, stable, decay: linear warm-up over ``warmup`` steps, constant, then linear decay
+    to 0 over the last ``decay`` of ``steps`` steps (``lr * (steps - step) / decay``).
+
+    The constant phase does not depend on ``steps``, so a run resumed with a larger total
+    matches one started with it up to ``steps - decay``.
+    """
+    rate = lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+    if decay > 0 and step >= steps - decay:
+        rate = min(rate, lr * max(0, steps - step) / decay)
+    return rate
 
 
 def build_dataset(registry: Registry, card: ComponentCard, sample_rate: int, seconds: float) -> Any:
@@ -360,7 +373,7 @@ def train_teacher(
         x_noisy = x0 + sigma.view(-1, *([1] * (x0.ndim - 1))) * noise
 
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, spec.lr, spec.warmup_steps)
+            group["lr"] = lr_at(step, spec.lr, spec.warmup_steps, spec.steps, spec.decay_steps)
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 denoised = model(x_noisy, sigma, sigma, cond, None)
