@@ -134,6 +134,19 @@ def test_resume_with_a_longer_decayed_schedule_is_exact(tmp_path):
     assert lrs[0] == pytest.approx(3e-3) and lrs[-1] < 3e-3 / 5
 
 
+def test_resuming_an_earlier_state_rewinds_the_metrics_log(tmp_path):
+    """A run that went past its resumed state (killed, or resumed from an older state) must not
+    log those steps twice."""
+    out = tmp_path / "run"
+    train_teacher(toy_spec(out, valid_dataset=None))
+    first = metrics(out)
+    train_teacher(toy_spec(out, valid_dataset=None), resume=out / "state" / "step-0000010")
+    again = metrics(out)
+    steps = [m["step"] for m in again]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) == len(first)
+    assert [m["loss"] for m in again] == [m["loss"] for m in first]  # resume is exact
+
+
 def test_existing_run_needs_resume_and_resume_checks_settings(tmp_path):
     spec = toy_spec(tmp_path / "run", valid_dataset=None, steps=10)
     train_teacher(spec)

@@ -53,6 +53,7 @@ from soundctm.training.loop import (
     point_latest,
     prune,
     resolve_resume,
+    rewind_jsonl,
     start_run,
     write_previews,
 )
@@ -252,6 +253,8 @@ def distill(
         optimizer.load_state_dict(optim_state)
         start = int(meta["step"])
         emit(callback, Message(f"resuming from {state_path} at step {start}"))
+        if main:
+            rewind_jsonl(out / "metrics.jsonl", start)
 
     dataset = build_dataset(registry, spec.dataset, tcard.sample_rate, tcard.seconds)
     summary = getattr(dataset, "summary", None)

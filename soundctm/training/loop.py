@@ -143,6 +143,21 @@ class MetricsWindow:
         return record
 
 
+def rewind_jsonl(path: Path, step: int) -> int:
+    """Drop the records of ``path`` logged after ``step`` (a resumed run redoes those steps, so
+    they would otherwise appear twice); returns how many were dropped. Rewritten atomically."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+    return len(lines) - len(kept)
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line."""
     with path.open("a", encoding="utf-8") as fh:

@@ -45,6 +45,7 @@ from soundctm.training.loop import (
     point_latest,
     prune,
     resolve_resume,
+    rewind_jsonl,
     start_run,
     write_previews,
 )
@@ -308,6 +309,8 @@ def train_teacher(
         optimizer.load_state_dict(optim_state)
         start = int(meta["step"])
         emit(callback, Message(f"resuming from {state_path} at step {start}"))
+        if main:
+            rewind_jsonl(out / "metrics.jsonl", start)
 
     dataset = build_dataset(registry, spec.dataset, pipe.card.sample_rate, spec.seconds)
     for problem_line in _dataset_report(dataset):
