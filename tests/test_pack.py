@@ -76,3 +76,15 @@ def test_pack_cli(tmp_path, student_dir):
     bad = run("pack", tmp_path / "nothing", "--out", tmp_path / "q")
     assert bad.exit_code == 2 and "no model.json" in bad.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_pack_sets_the_default_guidance(tmp_path, student_dir, teacher_dir):
+    shutil.copytree(teacher_dir, student_dir / "teacher")
+    r = run("pack", student_dir, "--out", tmp_path / "p", "--omega", "4.5")
+    assert r.exit_code == 0, r.output
+    for card in (read_card(tmp_path / "p"), read_card(tmp_path / "p" / "teacher")):
+        assert card.defaults.omega == 4.5 and card.provenance["packed"]["omega"] == 4.5
+    pipe = Pipeline.load(tmp_path / "p")
+    assert pipe.generate(["a beep"], seeds=[1]).params[0].omega == 4.5
+    bad = run("pack", student_dir, "--out", tmp_path / "q", "--omega", "-1")
+    assert bad.exit_code == 2 and "omega" in bad.stderr and not (tmp_path / "q").exists()

@@ -26,6 +26,13 @@ def pack(
             "--teacher/--no-teacher", help="Pack the bundled teacher (MODEL/teacher) as well."
         ),
     ] = True,
+    omega: Annotated[
+        float | None,
+        typer.Option(
+            help="Default guidance scale written into the packed card(s) (default: keep).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Copy a checkpoint with its weights cast to half precision and fresh checksums.
 
@@ -40,7 +47,7 @@ def pack(
     before = (
         weights_bytes(model) if teacher else weights_bytes(model) - weights_bytes(model / "teacher")
     )
-    path = pack_checkpoint(model, out, dtype=dtype, with_teacher=teacher)
+    path = pack_checkpoint(model, out, dtype=dtype, with_teacher=teacher, omega=omega)
     console.print(
         f"packed {model} -> {path}: weights {before / 1e6:.1f} MB -> "
         f"{weights_bytes(path) / 1e6:.1f} MB ({dtype})",

@@ -8,13 +8,16 @@ and writes a new checkpoint with fresh SHA-256 hashes. A student's bundled teach
 tensors back into the float32 parameters the card builds, so only the rounding of the weights
 changes (measure what that does to the sound before shipping; the default model's card does).
 
-The card records ``provenance.packed = {"dtype", "source"}``; a student's ``provenance.teacher``
-becomes ``"teacher"`` when the teacher travels with it, so no absolute path of the build machine
-is shipped.
+``omega`` (optional) sets the default guidance scale of every packed card (``defaults.omega``:
+the CFG scale of a teacher, the guidance input of a student), for shipping the setting that was
+measured best. The card records ``provenance.packed = {"dtype", "source"}`` (and ``"omega"``);
+a student's ``provenance.teacher`` becomes ``"teacher"`` when the teacher travels with it, so no
+absolute path of the build machine is shipped.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -52,7 +55,9 @@ def check_castable(state: dict[str, Tensor], dtype: torch.dtype, where: str) -> 
             )
 
 
-def _pack_one(src: Path, dst: Path, dtype: torch.dtype, name: str, teacher: bool) -> ModelCard:
+def _pack_one(
+    src: Path, dst: Path, dtype: torch.dtype, name: str, teacher: bool, omega: float | None
+) -> ModelCard:
     card = read_card(src)
     weights: dict[str, dict[str, Tensor]] = {}
     for kind in COMPONENT_KINDS:
@@ -61,6 +66,9 @@ def _pack_one(src: Path, dst: Path, dtype: torch.dtype, name: str, teacher: bool
         weights[kind] = cast_floating(state, dtype)
     card = card.model_copy(deep=True)
     card.provenance["packed"] = {"dtype": name, "source": src.resolve().name}
+    if omega is not None:
+        card.defaults.omega = omega
+        card.provenance["packed"]["omega"] = omega
     if teacher:
         card.provenance["teacher"] = TEACHER_DIR
     save_checkpoint(dst, card, weights)
@@ -68,14 +76,22 @@ def _pack_one(src: Path, dst: Path, dtype: torch.dtype, name: str, teacher: bool
 
 
 def pack_checkpoint(
-    src: str | Path, dst: str | Path, *, dtype: str = "float16", with_teacher: bool = True
+    src: str | Path,
+    dst: str | Path,
+    *,
+    dtype: str = "float16",
+    with_teacher: bool = True,
+    omega: float | None = None,
 ) -> Path:
     """Write a packed copy of checkpoint ``src`` to ``dst`` (atomically; see module doc).
 
-    Returns ``dst``. ``with_teacher`` packs ``src/teacher`` too when it exists."""
+    Returns ``dst``. ``with_teacher`` packs ``src/teacher`` too when it exists; ``omega`` sets
+    the default guidance scale of the packed card(s)."""
     src, dst = Path(src), Path(dst)
     if dtype not in DTYPES:
         raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if omega is not None and not (math.isfinite(omega) and omega >= 0):
+        raise InvalidArgumentError(f"omega must be a finite number >= 0, got {omega}")
     if not (src / "model.json").is_file():
         raise CheckpointError(f"{src} is not a checkpoint folder (no model.json)")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
@@ -87,11 +103,11 @@ def pack_checkpoint(
     def fill(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
             packed = Path(scratch) / "packed"
-            _pack_one(src, packed, torch_dtype, dtype, bundle)
+            _pack_one(src, packed, torch_dtype, dtype, bundle, omega)
             for item in packed.iterdir():
                 shutil.move(str(item), tmp / item.name)
         if bundle:
-            _pack_one(teacher_src, tmp / TEACHER_DIR, torch_dtype, dtype, False)
+            _pack_one(teacher_src, tmp / TEACHER_DIR, torch_dtype, dtype, False, omega)
 
     write_dir_atomic(dst, fill)
     return dst
