@@ -16,9 +16,11 @@ from soundctm.plugins.builtin.dit import (
     apply_rotary,
     dit_config,
     init_student_from_teacher,
+    patchify,
     rotary_angles,
     sinusoidal_embedding,
     swiglu_hidden,
+    unpatchify,
 )
 
 TINY = dit_config("tiny")
@@ -63,6 +65,45 @@ def test_output_shape_for_teacher_and_student_and_lengths():
         assert teacher(x, t, None, None, cond).shape == (2, C, frames)
         out = student(x, t, t - 0.3, torch.tensor([2.0, 7.0]), cond)
         assert out.shape == (2, C, frames) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("frames", [1, 6, 7, 12])
+def test_patchify_groups_consecutive_frames_and_unpatchify_inverts_it(frames):
+    x = torch.arange(2 * 3 * frames, dtype=torch.float32).view(2, 3, frames)
+    tokens = patchify(x, 2)
+    assert tokens.shape == (2, math.ceil(frames / 2), 6)
+    # token j holds frames 2j and 2j + 1, channel-fastest; a missing last frame is zero
+    assert torch.equal(tokens[:, 0, :3], x[:, :, 0])
+    if frames > 1:
+        assert torch.equal(tokens[:, 0, 3:], x[:, :, 1])
+    else:
+        assert torch.equal(tokens[:, 0, 3:], torch.zeros(2, 3))
+    assert torch.equal(unpatchify(tokens, 2, frames), x)
+    assert torch.equal(patchify(x, 1), x.transpose(1, 2))
+    assert torch.equal(unpatchify(patchify(x, 1), 1, frames), x)
+
+
+def test_patched_dit_has_fewer_tokens_and_keeps_every_frame():
+    teacher, student = build(patch_size=2), build(student=True, patch_size=2)
+    assert teacher.config["patch_size"] == 2 and "patch_size" not in build().config
+    for frames in (1, 7, 12):
+        x, t = inputs(2, frames)
+        cond = text(2, [3, 1])
+        assert len(teacher.features(x, t, cond)) == TINY["depth"]
+        assert teacher.features(x, t, cond)[0].shape == (2, math.ceil(frames / 2), TINY["width"])
+        assert teacher(x, t, None, None, cond).shape == (2, C, frames)
+        out = student(x, t, t - 0.3, torch.tensor([2.0, 7.0]), cond)
+        assert out.shape == (2, C, frames) and torch.isfinite(out).all()
+    # the two frames of one token get different outputs (the projection is per frame)
+    x, t = inputs(1, 8)
+    out = teacher(x, t, None, None, text(1, [2]))
+    assert not torch.allclose(out[..., 0], out[..., 1])
+    # the card rebuilds the same network
+    again = DiT(**json.loads(json.dumps(teacher.config)))
+    again.load_state_dict(teacher.state_dict())
+    assert torch.equal(again(x, t, None, None, text(1, [2])), out)
+    with pytest.raises(InvalidArgumentError, match="patch_size"):
+        DiT(**dit_config("tiny", patch_size=0))
 
 
 def test_longer_than_max_frames_raises_clear_error():
@@ -293,6 +334,8 @@ def test_presets_and_parameter_counts():
     print("DiT parameter counts:", counts)
     assert counts["tiny"] < 100_000
     assert 5_000_000 < counts["small"] < 8_000_000
+    # patching only widens the two frame projections: (64 * 2) * 256 more weights each way
+    assert counts["small-p2"] - counts["small"] == 2 * 64 * 256 + 64
     assert 0.9e9 < counts["official-1b"] < 1.3e9
     official = dit_config("official-1b")
     assert (official["depth"], official["width"], official["heads"]) == (24, 1536, 24)

@@ -78,13 +78,13 @@ def _tiny_t5(path: Path) -> Path:
     return path
 
 
-def build_tiny(t5: Path, kind: str = "ctm") -> Pipeline:
+def build_tiny(t5: Path, kind: str = "ctm", **dit: object) -> Pipeline:
     """dit (tiny) + t5 (tiny, random) + mel (small STFT, 4 Griffin-Lim iterations); every DiT
     weight random (the zero-initialised output layers too, so the network is not trivial)."""
     torch.manual_seed(0)
     pipe = Pipeline.build(
         kind=kind,
-        backbone=("dit", {"preset": "tiny", "student": kind == "ctm", "text_dim": 16}),
+        backbone=("dit", {"preset": "tiny", "student": kind == "ctm", "text_dim": 16, **dit}),
         text_encoder=("t5", {"path": str(t5), "max_length": 32}),
         autoencoder=("mel", MEL),
         sigma_data=0.5,
@@ -310,6 +310,20 @@ def test_tensorrt_missing_is_one_clear_line(student):
         assert isinstance(e.value, SoundCTMError) and e.value.exit_code == 2
         assert "\n" not in str(e.value)
         assert "TensorRT is not installed" in str(e.value) or "no CUDA GPU" in str(e.value)
+
+
+def test_patched_dit_exports_with_dynamic_length(t5_dir, tmp_path):
+    """patch_size 2: 50 frames (0.1 s) and 75 frames (0.15 s, padded to 76 inside the graph)
+    both match torch, so the padding is part of the graph, not baked in at export length."""
+    pipe = build_tiny(t5_dir, patch_size=2)
+    ort_pipe = OrtPipeline.load(export_onnx(pipe, tmp_path / "p2"), providers=["cpu"])
+    for seconds, samples in ((0.1, 800), (0.15, 1200)):
+        kw = {"seeds": [7], "steps": 2, "gamma": 0.5, "nu": 2.0, "seconds": seconds}
+        ref = pipe.generate(PROMPTS[:1], **kw).audio
+        got = ort_pipe.generate(PROMPTS[:1], **kw).audio
+        assert got.shape == ref.shape == (1, samples)
+        assert float(ref.abs().max()) > 1e-2
+        assert float((got - ref).abs().max()) <= TOLERANCE
 
 
 # ---------------------------------------------------------------------------- slow
