@@ -166,6 +166,18 @@ def test_model_mode_synthcaps_reports_and_content_preservation(tmp_path):
     )
 
 
+def test_reports_name_models_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """A report committed beside the code must not carry the absolute path of the machine."""
+    from soundctm.eval.runner import _portable_path
+
+    (tmp_path / "runs" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert _portable_path(Path("runs/m")) == "runs/m"
+    assert _portable_path(tmp_path / "runs" / "m") == "runs/m"
+    outside = tmp_path.parent.resolve()
+    assert _portable_path(outside) == str(outside)
+
+
 def test_compare_mode_teacher_against_student(tmp_path):
     student = build_toy("ctm").save(tmp_path / "s")
     teacher = build_toy("teacher", seed=1).save(tmp_path / "t")

@@ -662,11 +662,24 @@ def _load_pipeline(path: str | Path, device: str, registry: Any | None) -> Any:
     return Pipeline.load(Path(path), device=device, registry=registry)
 
 
+def _portable_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies inside it, else absolute.
+
+    Reports are often committed next to the code (docs/default-model/): a path relative to the
+    repository travels, an absolute one names the machine that wrote it.
+    """
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
 def _model_info(pipe: Any, path: str | Path) -> dict[str, Any]:
     from soundctm.engine.checkpoint import card_sha256
 
     return {
-        "path": str(Path(path).resolve()),
+        "path": _portable_path(Path(path)),
         "kind": pipe.card.kind,
         "card_sha256": card_sha256(Path(path)),
         "sample_rate": int(pipe.card.sample_rate),
