@@ -26,20 +26,17 @@ def accuracy_table(teacher: dict, student: dict) -> str:
     chance = [f"{acc['chance'][a]:.3g}" for a in ATTRS]
     rows.append(f"| chance | {acc['chance_overall']:.3f} | " + " | ".join(chance) + " | |")
     omega = teacher["runs"][0].get("omega")
-    for label, res in (("teacher", teacher), ("student", student)):
-        for run in res["runs"]:
-            m = run["metrics"]["synthcaps-attributes"]
-            steps = run["steps"]
-            if label == "teacher":
-                name = f"teacher, {steps} Heun steps, CFG {omega}"
-            else:
-                name = f"student, {steps} step{'s' if steps > 1 else ''}" + (
-                    " (gamma 0)" if steps > 1 else ""
-                )
-            per = " | ".join(f"{m['per_attribute'][a]:.3f}" for a in ATTRS)
-            bold = "**" if steps in (1, 40) else ""
-            fd = run["metrics"]["fd"]["value"]
-            rows.append(f"| {name} | {bold}{m['overall']:.3f}{bold} | {per} | {fd:.1f} |")
+    labelled = [(f"teacher, {r['steps']} Heun steps, CFG {omega}", r) for r in teacher["runs"]]
+    for run in student["runs"]:
+        steps = run["steps"]
+        name = f"student, {steps} steps (gamma 0)" if steps > 1 else "student, 1 step"
+        labelled.append((name, run))
+    for name, run in labelled:
+        m = run["metrics"]["synthcaps-attributes"]
+        per = " | ".join(f"{m['per_attribute'][a]:.3f}" for a in ATTRS)
+        bold = "**" if run["steps"] in (1, 40) else ""
+        fd = run["metrics"]["fd"]["value"]
+        rows.append(f"| {name} | {bold}{m['overall']:.3f}{bold} | {per} | {fd:.1f} |")
     checks = ", ".join(f"{a} {acc['checks'][a]}" for a in ATTRS)
     return "\n".join(rows) + f"\n\nChecks per attribute: {checks}."
 

@@ -552,7 +552,7 @@ def read_prompts(
         for k in keys:
             audio, _ = read_clip(files[k], sample_rate)
             refs[k] = audio
-    return PromptSet(keys, caps, refs, [None] * len(keys), str(path.resolve()))
+    return PromptSet(keys, caps, refs, [None] * len(keys), _portable_path(path))
 
 
 def _prompt_set(
