@@ -10,8 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from soundctm.errors import AudioFileError, SoundCTMError
-from soundctm.plugins.builtin.datasets import (
+from soundctm.builtin.datasets import (
     ClipSkipped,
     CsvDataset,
     DataError,
@@ -21,6 +20,7 @@ from soundctm.plugins.builtin.datasets import (
     ScanProgress,
     ScanStarted,
 )
+from soundctm.errors import AudioFileError, SoundCTMError
 
 
 def write_tone(

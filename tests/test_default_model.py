@@ -70,9 +70,9 @@ def test_one_step_sounds_follow_their_prompts():
     attributes than chance would. A regression guard, not a quality claim: this model follows
     prompts only partly (MODEL_CARD.md: 0.582 overall on 160 prompts, chance 0.409; these 8 give
     0.667 against a chance of 0.439)."""
+    from soundctm.builtin.synthcaps import generate
+    from soundctm.builtin.synthcaps.detectors import attribute_accuracy
     from soundctm.engine.pipeline import Pipeline
-    from soundctm.plugins.builtin.synthcaps import generate
-    from soundctm.plugins.builtin.synthcaps.detectors import attribute_accuracy
 
     pipe = Pipeline.load(MODEL)
     items = [generate("test", i, 0, 16000, 3.0) for i in range(8)]

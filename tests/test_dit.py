@@ -1,4 +1,4 @@
-"""The SoundCTM-DiT backbone (soundctm.plugins.builtin.dit) on its tiny preset."""
+"""The SoundCTM-DiT backbone (soundctm.builtin.dit) on its tiny preset."""
 
 import json
 import math
@@ -6,11 +6,7 @@ import math
 import pytest
 import torch
 
-from soundctm.engine.conditioning import Conditioning
-from soundctm.engine.ctm import CTM
-from soundctm.engine.schedule import c_noise
-from soundctm.errors import CheckpointError, InvalidArgumentError
-from soundctm.plugins.builtin.dit import (
+from soundctm.builtin.dit import (
     DIT_PRESETS,
     DiT,
     apply_rotary,
@@ -22,6 +18,10 @@ from soundctm.plugins.builtin.dit import (
     swiglu_hidden,
     unpatchify,
 )
+from soundctm.engine.conditioning import Conditioning
+from soundctm.engine.ctm import CTM
+from soundctm.engine.schedule import c_noise
+from soundctm.errors import CheckpointError, InvalidArgumentError
 
 TINY = dit_config("tiny")
 C, D = TINY["in_channels"], TINY["text_dim"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from soundctm.builtin.synthcaps import SOURCES, generate
 from soundctm.eval.embedders import (
     Embedder,
     MelStatsEmbedder,
@@ -22,7 +23,6 @@ from soundctm.eval.embedders import (
 )
 from soundctm.eval.metrics import frechet_from_embeddings
 from soundctm.eval.vggish import WEIGHTS_ENV, VGGish, VGGishEmbedder, vggish_mel_matrix
-from soundctm.plugins.builtin.synthcaps import SOURCES, generate
 
 SR = 16000
 

@@ -206,7 +206,7 @@ def test_compare_mode_teacher_against_student(tmp_path):
 
 # ------------------------------------------------------------------ mode a: folders
 def test_real_synthcaps_clips_score_their_own_captions(tmp_path):
-    from soundctm.plugins.builtin.synthcaps import write_folder
+    from soundctm.builtin.synthcaps import write_folder
 
     folder = tmp_path / "real"
     write_folder(folder, "test", 24, sample_rate=16000, seconds=3.0, seed=0)

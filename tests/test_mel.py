@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from soundctm.errors import InvalidArgumentError
-from soundctm.plugins.builtin.mel import (
-    LOG_FLOOR,
-    MelAutoencoder,
+from soundctm.builtin.mel import LOG_FLOOR, MelAutoencoder
+from soundctm.engine.dsp import (
     hz_to_mel_slaney,
     mel_filterbank,
     mel_to_hz_slaney,
     spectral_convergence,
 )
+from soundctm.errors import InvalidArgumentError
 
 SR = 16000
 
@@ -241,7 +240,7 @@ def test_decode_exports_to_onnx(tmp_path):
 
 
 def test_unit_phase_normalises_and_fixes_silent_bins():
-    from soundctm.plugins.builtin.mel import unit_phase
+    from soundctm.engine.dsp import unit_phase
 
     re, im = torch.tensor([3.0, 0.0, 1e-9, -2.0]), torch.tensor([4.0, 0.0, 1e-9, 0.0])
     c, s = unit_phase(re, im)
@@ -256,12 +255,12 @@ def test_default_size_decoder_exports_without_nan_and_keeps_the_spectrogram(tmp_
     floor, onnxruntime's exact zeros in silent bins turned into NaN (0/0) in the exported graph."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    from soundctm.builtin.synthcaps import generate
     from soundctm.export.onnx import (
         SPECTRAL_CHECK_TOLERANCE,
         DecoderGraph,
         waveform_spectral_convergence,
     )
-    from soundctm.plugins.builtin.synthcaps import generate
 
     ae = MelAutoencoder(hop_length=512, griffin_lim_iters=iters)
     audio = np.stack([generate("test", i, 0, 16000, 1.5).audio for i in range(4)])
@@ -288,7 +287,7 @@ def test_default_size_decoder_exports_without_nan_and_keeps_the_spectrogram(tmp_
     [(49152, 1024, 512), (5000, 1024, 256), (3000, 64, 16), (2000, 1024, 160), (100, 64, 32)],
 )
 def test_frame_signal_equals_unfold(n, size, hop):
-    from soundctm.plugins.builtin.mel import frame_signal
+    from soundctm.engine.dsp import frame_signal
 
     x = torch.randn(2, n)
     assert torch.equal(frame_signal(x, size, hop), x.unfold(-1, size, hop))

@@ -14,8 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from soundctm.errors import InvalidArgumentError
-from soundctm.plugins.builtin.synthcaps import (
+from soundctm.builtin.synthcaps import (
     SOURCES,
     SynthCapsDataset,
     attribute_accuracy,
@@ -26,7 +25,8 @@ from soundctm.plugins.builtin.synthcaps import (
     synth,
     write_folder,
 )
-from soundctm.plugins.builtin.synthcaps.generator import ATTRIBUTE_VALUES
+from soundctm.builtin.synthcaps.generator import ATTRIBUTE_VALUES
+from soundctm.errors import InvalidArgumentError
 
 SR = 16000
 SECONDS = 3.0
@@ -74,7 +74,7 @@ def test_attributes_and_caption_do_not_depend_on_audio_format():
 def test_bit_identical_in_a_fresh_interpreter_with_another_hash_seed():
     code = (
         "import hashlib;"
-        "from soundctm.plugins.builtin.synthcaps import generate;"
+        "from soundctm.builtin.synthcaps import generate;"
         "it = generate('valid', 5, 2);"
         "print(hashlib.sha256(it.audio.tobytes()).hexdigest(), it.caption)"
     )
@@ -282,7 +282,7 @@ def test_dataset_builds_from_a_module_attr_target():
         @hookimpl
         def register_datasets(self, register):
             register(
-                "synthcaps-copy", "soundctm.plugins.builtin.synthcaps.dataset:SynthCapsDataset"
+                "synthcaps-copy", "soundctm.builtin.synthcaps.dataset:SynthCapsDataset"
             )
 
     register_plugin(Plugin(), name="synthcaps-copy-plugin")

@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from soundctm.engine.conditioning import Conditioning
-from soundctm.errors import InvalidArgumentError, PluginError, SoundCTMError
-from soundctm.plugins.builtin.text import (
+from soundctm.builtin.text import (
     CachedTextEncoder,
     MiniLMEncoder,
     T5Encoder,
     TextEncoderUnavailableError,
-    pad_token_states,
 )
+from soundctm.engine.conditioning import Conditioning
+from soundctm.engine.dsp import pad_token_states
+from soundctm.errors import InvalidArgumentError, PluginError, SoundCTMError
 
 CAPTIONS = [
     "a dog barks in the distance",

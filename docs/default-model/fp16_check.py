@@ -17,9 +17,9 @@ import sys
 
 import torch
 
+from soundctm.builtin.synthcaps.detectors import attribute_accuracy
 from soundctm.engine.pipeline import Pipeline
 from soundctm.eval.runner import synthcaps_prompts
-from soundctm.plugins.builtin.synthcaps.detectors import attribute_accuracy
 
 
 def generate(path: str, prompts: list[str], steps: int, omega: float) -> tuple[torch.Tensor, ...]:

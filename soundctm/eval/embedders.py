@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from soundctm.engine.audio import resample
+from soundctm.engine.dsp import mel_filterbank
 from soundctm.errors import InvalidArgumentError, SoundCTMError
-from soundctm.plugins.builtin.mel import mel_filterbank
 
 
 class WeightsNotFoundError(SoundCTMError):
@@ -183,7 +183,7 @@ class MelStatsEmbedder(nn.Module):
 
     Front end: 25 ms periodic-Hann frames every 10 ms (no centre padding; FFT size the next
     power of two), power spectrum, ``n_mels`` Slaney mel bands from 0 Hz to Nyquist
-    (:func:`soundctm.plugins.builtin.mel.mel_filterbank`), ``log10(mel power + 1e-10)``.
+    (:func:`soundctm.engine.dsp.mel_filterbank`), ``log10(mel power + 1e-10)``.
 
     Over the frames of a clip (``embed``) or of each ``window_s`` window (``embed_frames``) it
     returns ``dim = 3 * n_mels + 8`` values (200 with the defaults):

@@ -218,7 +218,7 @@ class SynthCapsAttributes:
         return []
 
     def compute(self, evalset: EvalSet, context: Context) -> dict[str, Any]:
-        from soundctm.plugins.builtin.synthcaps.detectors import attribute_accuracy
+        from soundctm.builtin.synthcaps.detectors import attribute_accuracy
 
         requested = [it.attributes or {} for it in evalset.items]
         acc = attribute_accuracy(requested, evalset.generated(), evalset.sample_rate)
@@ -312,7 +312,7 @@ def log_mel_db(
 
     Hann-windowed STFT with ``n_fft`` the power of two nearest 64 ms and hop ``n_fft / 4``, and
     the Slaney mel filterbank of the built-in ``mel`` autoencoder."""
-    from soundctm.plugins.builtin.mel import mel_filterbank
+    from soundctm.engine.dsp import mel_filterbank
 
     n_fft = 1 << max(6, round(math.log2(0.064 * sample_rate)))
     hop = n_fft // 4

@@ -478,8 +478,8 @@ def synthcaps_prompts(
 ) -> PromptSet:
     """``n`` SynthCaps items: captions, attributes and the real clips as references (rendered at
     ``sample_rate`` and ``seconds`` clamped to SynthCaps' 1-10 s)."""
-    from soundctm.plugins.builtin.synthcaps.dataset import item_id
-    from soundctm.plugins.builtin.synthcaps.generator import generate
+    from soundctm.builtin.synthcaps.dataset import item_id
+    from soundctm.builtin.synthcaps.generator import generate
 
     ref_seconds = min(10.0, max(1.0, float(seconds)))
     keys, caps, attrs, refs = [], [], [], {}

@@ -167,9 +167,9 @@ def phase_retrieval(autoencoder: Any) -> bool:
 def text_encoder_exportable(encoder: Any) -> str | None:
     """Why ``encoder`` cannot be exported as a token-id graph, or None if it can.
 
-    Exportable encoders are :class:`~soundctm.plugins.builtin.text.TransformersTextEncoder`
+    Exportable encoders are :class:`~soundctm.builtin.text.TransformersTextEncoder`
     (``minilm``, ``t5`` and subclasses that keep its tokenisation and forward pass)."""
-    from soundctm.plugins.builtin.text import TransformersTextEncoder
+    from soundctm.builtin.text import TransformersTextEncoder
 
     if not isinstance(encoder, TransformersTextEncoder):
         return (

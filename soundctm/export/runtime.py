@@ -232,7 +232,7 @@ class GraphCTM:
 class GraphTextEncoder:
     """Tokenizer on the host, ``text_encoder`` graph for the token states.
 
-    Tokenises exactly as :class:`~soundctm.plugins.builtin.text.TransformersTextEncoder`
+    Tokenises exactly as :class:`~soundctm.builtin.text.TransformersTextEncoder`
     (special tokens, truncation to ``max_length``, one EOS/pad for a prompt without tokens);
     with ``exact`` every prompt is encoded alone and unpadded, as the torch encoder does."""
 
@@ -256,7 +256,7 @@ class GraphTextEncoder:
         return ids
 
     def __call__(self, prompts: Sequence[str]) -> Conditioning:
-        from soundctm.plugins.builtin.text import pad_token_states
+        from soundctm.engine.dsp import pad_token_states
 
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing:
@@ -407,10 +407,10 @@ def load_tokenizer(path: Path) -> Any:
     """The tokenizer saved at export (``tokenizer/``), loaded offline with transformers."""
     from transformers import AutoTokenizer
 
-    from soundctm.plugins.builtin.text import _quiet_transformers
+    from soundctm.engine.hf import quiet_transformers
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise CheckpointError(

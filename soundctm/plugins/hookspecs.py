@@ -16,7 +16,7 @@ expose their plugin module through the entry-point group ``soundctm``::
     [project.entry-points.soundctm]
     my_plugin = "my_package.soundctm_plugin"
 
-The built-in components are registered by :mod:`soundctm.plugins.builtin` through exactly these
+The built-in components are registered by :mod:`soundctm.builtin` through exactly these
 hooks. This module imports nothing from soundctm.
 """
 

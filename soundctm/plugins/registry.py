@@ -23,7 +23,7 @@ from soundctm.plugins import hookspecs
 
 ENTRY_POINT_GROUP = "soundctm"
 AUTOLOAD_ENV = "SOUNDCTM_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PLUGIN = "soundctm.plugins.builtin"
+BUILTIN_PLUGIN = "soundctm.builtin"
 BUILTIN_NAME = "soundctm"
 
 #: Component kinds and the hook that registers each.

@@ -22,11 +22,10 @@ batches the misses instead (faster on a cold cache, not bit-exact; see
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,6 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from soundctm.engine.conditioning import Conditioning
+from soundctm.engine.dsp import pad_token_states
+from soundctm.engine.hf import quiet_transformers
 from soundctm.errors import InvalidArgumentError, PluginError
 
 #: Default number of prompts whose token states a :class:`CachedTextEncoder` keeps.
@@ -60,18 +61,6 @@ class CacheInfo(NamedTuple):
     misses: int
     maxsize: int
     currsize: int
-
-
-def pad_token_states(states: Sequence[Tensor], dim: int) -> Conditioning:
-    """Right-pad per-prompt token states ``[L_i, dim]`` into ``tokens [B, max L_i, dim]`` (zeros
-    after each prompt's end) and ``mask [B, max L_i]`` (True on real tokens)."""
-    length = max((s.shape[0] for s in states), default=1)
-    tokens = torch.zeros(len(states), length, dim, dtype=torch.float32)
-    mask = torch.zeros(len(states), length, dtype=torch.bool)
-    for row, s in enumerate(states):
-        tokens[row, : s.shape[0]] = s
-        mask[row, : s.shape[0]] = True
-    return Conditioning(tokens, mask)
 
 
 class CachedTextEncoder(nn.Module):
@@ -191,23 +180,6 @@ class CachedTextEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------------- Hugging Face encoders
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' progress bars and load reports (the library never prints)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 class TransformersTextEncoder(CachedTextEncoder):
     """A frozen Hugging Face encoder (tokenizer + model loaded with ``local_files_only=True``)
     whose last hidden states are the token states.
@@ -302,7 +274,7 @@ class MiniLMEncoder(TransformersTextEncoder):
 
         path = str(package.get_model_path())
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
                 model = AutoModel.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
@@ -341,7 +313,7 @@ class T5Encoder(TransformersTextEncoder):
 
         source = str(Path(path).expanduser()) if Path(path).expanduser().exists() else str(path)
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
                 # Cast after loading: `dtype=` / `torch_dtype=` differ across transformers 4.x/5.x.
                 model = T5EncoderModel.from_pretrained(source, local_files_only=True)
@@ -371,5 +343,4 @@ __all__ = [
     "T5Encoder",
     "TextEncoderUnavailableError",
     "TransformersTextEncoder",
-    "pad_token_states",
 ]

@@ -9,10 +9,10 @@ from typing import Any
 import soundfile as sf
 import torch
 
+from soundctm.builtin.synthcaps.generator import check_args, generate
 from soundctm.engine.files import atomic_path, ensure_writable_dir, write_text_atomic
 from soundctm.errors import InvalidArgumentError
 from soundctm.events import BatchFinished, Callback, emit
-from soundctm.plugins.builtin.synthcaps.generator import check_args, generate
 
 MANIFEST = "synthcaps.jsonl"
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from soundctm.builtin.synthcaps import synth
+from soundctm.builtin.synthcaps.generator import ATTRIBUTE_VALUES, SOURCES
 from soundctm.errors import InvalidArgumentError
-from soundctm.plugins.builtin.synthcaps import synth
-from soundctm.plugins.builtin.synthcaps.generator import ATTRIBUTE_VALUES, SOURCES
 
 FLATNESS_SPLIT = 0.035  # below: tonal (clean clips: tonal < 0.007, noisy > 0.059)
 ENVELOPE_SPLIT_DB = 6.0

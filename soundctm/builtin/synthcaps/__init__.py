@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from soundctm.plugins.builtin.synthcaps.detectors import attribute_accuracy, detect
-from soundctm.plugins.builtin.synthcaps.generator import SOURCES, SPLITS, Item, generate
+from soundctm.builtin.synthcaps.detectors import attribute_accuracy, detect
+from soundctm.builtin.synthcaps.generator import SOURCES, SPLITS, Item, generate
 
 __all__ = [
     "SOURCES",
@@ -28,7 +28,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:  # the torch-using parts load on first use
     if name in ("SynthCapsDataset", "write_folder"):
-        from soundctm.plugins.builtin.synthcaps import dataset
+        from soundctm.builtin.synthcaps import dataset
 
         return getattr(dataset, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

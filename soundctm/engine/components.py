@@ -1,0 +1,255 @@
+"""The contracts between the engine and the components a plugin provides, as typing Protocols.
+
+Every component kind has one required protocol (:class:`Backbone`, :class:`TextEncoder`,
+:class:`Autoencoder`, :class:`Solver`). What a component *may* offer beyond it is a capability
+protocol of its own, checked with ``isinstance`` (they are ``runtime_checkable``) through the
+small accessors below, so no other module probes components with ``getattr`` or
+``inspect.signature``:
+
+========================  ==============================================  =====================
+capability                what it is                                      used by
+========================  ==============================================  =====================
+:class:`TeacherFeatures`  ``features(x, t_noise, cond) -> [tensor]``      feature distance
+:class:`HasLastLayer`     ``last_layer``: the output weight ``W``         adaptive DSM weight
+:class:`HasMaxFrames`     ``max_frames``: the longest latent it accepts   training data checks
+:class:`ExpandsParams`    ``expand_params(params) -> params`` (factory)   cards (size presets)
+:class:`OnnxExportable`   ``onnx_export() -> OnnxGraph``                  ``soundctm export``
+:class:`PhaseRetrieval`   ``phase_retrieval``: decoder retrieves phase    export checks
+:class:`CheckpointWeights` ``checkpoint_weights``: store weights or not   checkpoints
+solver options            keyword options beyond the shared signature     sampling plans
+========================  ==============================================  =====================
+
+The method is described in docs/method.md; the plugin guide in docs/plugins.md.
+This module imports torch only for type checking.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from soundctm.engine.conditioning import Conditioning
+    from soundctm.events import Callback
+
+#: The keyword arguments every solver takes; anything else in its signature is an option.
+SOLVER_SIGNATURE = frozenset({"model", "x", "sigmas", "noise", "callback"})
+
+
+# ---------------------------------------------------------------------------- required contracts
+@runtime_checkable
+class Backbone(Protocol):
+    """The raw denoiser network ``F`` (EDM preconditioning lives in the engine, method.md §2).
+
+    ``s_noise`` and ``omega`` are ``None`` for a teacher; a CTM student takes ``c_noise(s)`` and
+    the guidance scale ``omega`` it was distilled for."""
+
+    def __call__(
+        self,
+        x: Tensor,
+        t_noise: Tensor,
+        s_noise: Tensor | None,
+        omega: Tensor | None,
+        cond: Conditioning,
+    ) -> Tensor: ...
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Prompts to token states and mask (``""`` is the unconditional prompt)."""
+
+    dim: int
+
+    def __call__(self, prompts: Sequence[str]) -> Conditioning: ...
+
+
+@runtime_checkable
+class Autoencoder(Protocol):
+    """Audio <-> latents (a VAE together with its vocoder is one autoencoder)."""
+
+    sample_rate: int
+
+    def latent_shape(self, seconds: float) -> Sequence[int]: ...
+
+    def encode(self, audio: Tensor) -> Tensor: ...
+
+    def decode(self, latents: Tensor) -> Tensor: ...
+
+
+class NoiseFn(Protocol):
+    def __call__(self, like: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Solver(Protocol):
+    """A sampler ``(model, x, sigmas, *, noise, callback, **options) -> x``.
+
+    ``grid``: ``"ctm"`` (n+1 Karras points ending at sigma_min) or ``"edm"`` (n points then 0);
+    ``requires``: ``"jump"`` (a CTM student) or ``"denoise"`` (any model). Mark functions with
+    :func:`soundctm.engine.solvers.solver`; undeclared solvers default to ``edm``/``denoise``."""
+
+    def __call__(
+        self,
+        model: Any,
+        x: Tensor,
+        sigmas: Tensor,
+        *,
+        noise: NoiseFn | None = None,
+        callback: Callback | None = None,
+    ) -> Tensor: ...
+
+
+# ---------------------------------------------------------------------------- capabilities
+@runtime_checkable
+class TeacherFeatures(Protocol):
+    """A backbone whose hidden features define the teacher-feature distance (method.md §4.5)."""
+
+    def features(self, x: Tensor, t_noise: Tensor, cond: Conditioning) -> list[Tensor]: ...
+
+
+@runtime_checkable
+class HasLastLayer(Protocol):
+    """A backbone that names its output weight ``W`` for the adaptive DSM weight
+    (method.md §4.7)."""
+
+    @property
+    def last_layer(self) -> Tensor: ...
+
+
+@runtime_checkable
+class HasMaxFrames(Protocol):
+    """A backbone that accepts at most ``max_frames`` latent frames (``None``: no limit)."""
+
+    max_frames: int | None
+
+
+@runtime_checkable
+class ExpandsParams(Protocol):
+    """A component factory that turns shorthand card parameters (a size preset) into its full
+    keyword arguments, so cards are explicit."""
+
+    def expand_params(self, params: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class OnnxGraph:
+    """What a component hands the exporter: a torch module to trace and how to call it.
+
+    ``module(*example)`` is traced; ``input_names`` / ``output_names`` name the graph's values;
+    ``dynamic`` maps an input name to ``{axis: name}`` of its dynamic axes; ``assets(folder)``
+    writes files the runtime needs beside the graph (a tokenizer); ``spec`` is JSON-safe
+    information recorded in export.json (e.g. the tokenisation)."""
+
+    module: nn.Module
+    example: tuple[Any, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+    assets: Callable[[Any], None] | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class OnnxExportable(Protocol):
+    """A component that can describe itself as an ONNX graph (``soundctm export``)."""
+
+    def onnx_export(self) -> OnnxGraph: ...
+
+
+@runtime_checkable
+class PhaseRetrieval(Protocol):
+    """An autoencoder whose decoder retrieves phase iteratively (Griffin-Lim): its export is
+    checked on the spectrogram, not sample by sample."""
+
+    phase_retrieval: bool
+
+
+@runtime_checkable
+class CheckpointWeights(Protocol):
+    """A component that says whether its weights go into soundctm checkpoints (frozen encoders
+    loaded from elsewhere say ``False``)."""
+
+    checkpoint_weights: bool
+
+
+# ---------------------------------------------------------------------------- accessors
+def teacher_features(backbone: object) -> bool:
+    """Whether ``backbone`` offers :class:`TeacherFeatures`."""
+    return isinstance(backbone, TeacherFeatures)
+
+
+def last_layer(backbone: object) -> Tensor | None:
+    """The adaptive-weight layer of ``backbone``, or ``None`` if it names none."""
+    return backbone.last_layer if isinstance(backbone, HasLastLayer) else None
+
+
+def max_frames(backbone: object) -> int | None:
+    """The most latent frames ``backbone`` accepts (``None``: no limit or not declared)."""
+    return backbone.max_frames if isinstance(backbone, HasMaxFrames) else None
+
+
+def expand_params(factory: object, params: dict[str, Any]) -> dict[str, Any]:
+    """``factory.expand_params(params)`` when it offers :class:`ExpandsParams`, else ``params``."""
+    if isinstance(factory, ExpandsParams):
+        return dict(factory.expand_params(dict(params)))
+    return params
+
+
+def onnx_exportable(component: object) -> bool:
+    """Whether ``component`` offers :class:`OnnxExportable`."""
+    return isinstance(component, OnnxExportable)
+
+
+def phase_retrieval(autoencoder: object) -> bool:
+    """Whether the decoder of ``autoencoder`` retrieves phase iteratively."""
+    return isinstance(autoencoder, PhaseRetrieval) and bool(autoencoder.phase_retrieval)
+
+
+def checkpoint_weights(component: object) -> bool:
+    """Whether a torch component's weights belong in the checkpoint (default: yes)."""
+    return not isinstance(component, CheckpointWeights) or bool(component.checkpoint_weights)
+
+
+def solver_grid(fn: object) -> Literal["ctm", "edm"]:
+    """The grid a solver runs on (``"edm"`` unless declared)."""
+    return "ctm" if getattr(fn, "grid", "edm") == "ctm" else "edm"
+
+
+def solver_requires(fn: object) -> Literal["jump", "denoise"]:
+    """What a solver needs of the model (``"denoise"`` unless declared)."""
+    return "jump" if getattr(fn, "requires", "denoise") == "jump" else "denoise"
+
+
+def solver_options(fn: Callable[..., Any]) -> frozenset[str]:
+    """The keyword options a solver accepts beyond :data:`SOLVER_SIGNATURE`."""
+    return frozenset(p for p in inspect.signature(fn).parameters if p not in SOLVER_SIGNATURE)
+
+
+__all__ = [
+    "SOLVER_SIGNATURE",
+    "Autoencoder",
+    "Backbone",
+    "CheckpointWeights",
+    "ExpandsParams",
+    "HasLastLayer",
+    "HasMaxFrames",
+    "OnnxExportable",
+    "OnnxGraph",
+    "PhaseRetrieval",
+    "Solver",
+    "TeacherFeatures",
+    "TextEncoder",
+    "checkpoint_weights",
+    "expand_params",
+    "last_layer",
+    "max_frames",
+    "onnx_exportable",
+    "phase_retrieval",
+    "solver_grid",
+    "solver_options",
+    "solver_requires",
+]
