@@ -1,21 +1,43 @@
-"""The ``soundctm`` application: a root with global options; commands come from plugins.
+"""The ``soundctm`` application: a root with global options, the built-in commands and the
+commands other plugins register.
 
-Every command, the built-in ones included, is registered through the ``register_commands`` hook
-with a lazy ``"module:attr"`` target. Building the app imports pluggy, typer and the command
-modules, never torch, so ``soundctm --help`` answers at once.
+The built-in commands come from :data:`soundctm.cli.commands.BUILTIN_COMMANDS`; plugin
+commands from the ``register_commands`` hook, with lazy ``"module:attr"`` targets. Every command
+is wrapped once by :func:`~soundctm.cli.common.handle_errors`. Building the app imports pluggy,
+typer and the command modules, never torch, so ``soundctm --help`` answers at once.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperOption
 
 from soundctm._version import __version__
+from soundctm.cli.commands import BUILTIN_COMMANDS
 from soundctm.cli.common import fail, handle_errors, state
 from soundctm.errors import PluginError, SoundCTMError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class Command(TyperCommand):
+    """A Typer command whose on/off flags show no ``<bool>`` value column in ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
 
 
 def _version(value: bool) -> None:
@@ -57,17 +79,34 @@ def build_app() -> typer.Typer:
     )
     app.callback()(_root)
 
-    from soundctm.plugins.registry import get_registry
+    from soundctm.plugins.registry import BUILTIN_NAME, get_registry
 
+    for name, (target, _) in BUILTIN_COMMANDS.items():
+        _add_command(app, name, _load_builtin(target))
     for entry in get_registry().entries("command"):
+        if entry.plugin == BUILTIN_NAME:
+            continue
         fn = entry.load()
         if not callable(fn):
             raise PluginError(
                 f"command {entry.name!r} of plugin {entry.plugin!r} is not a function; "
                 "fix or uninstall that plugin"
             )
-        app.command(name=entry.name, help=None, context_settings=CONTEXT)(handle_errors(fn))
+        _add_command(app, entry.name, fn)
     return app
+
+
+def _load_builtin(target: str) -> Callable[..., Any] | typer.Typer:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _add_command(app: typer.Typer, name: str, fn: Callable[..., Any] | typer.Typer) -> None:
+    """Add a command (a function) or a command group (a Typer app) under ``name``."""
+    if isinstance(fn, typer.Typer):
+        app.add_typer(fn, name=name, context_settings=CONTEXT)
+        return
+    app.command(name=name, help=None, cls=Command, context_settings=CONTEXT)(handle_errors(fn))
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Audio utilities in pure torch + soundfile: loading, mono mixdown, resampling, crop/pad, levels.
 
 soundfile bundles libsndfile, which reads WAV, FLAC, OGG/Vorbis and MP3 with nothing else
-installed; torchaudio is deliberately not used (see docs/dependencies.md).
+installed; torchaudio is deliberately not used (README.md: Why no torchaudio).
 
 Resampling is band-limited interpolation with a windowed-sinc low-pass filter (Smith, "Digital
 Audio Resampling", https://ccrma.stanford.edu/~jos/resample/), computed as a polyphase

@@ -97,15 +97,3 @@ def write_dir_atomic(final: Path, fill: Callable[[Path], None]) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def unique_path(path: Path) -> Path:
-    """``path`` if it does not exist, else ``stem-1.ext``, ``stem-2.ext``, ... (never overwrite)."""
-    if not path.exists():
-        return path
-    i = 1
-    while True:
-        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-        i += 1

@@ -257,14 +257,6 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
         raise
 
 
-def unregister_plugin(name: str) -> None:
-    """Remove a plugin added with :func:`register_plugin`."""
-    global _registry
-    with _lock:
-        _extra[:] = [(p, n) for p, n in _extra if n != name]
-        _registry = None
-
-
 def reset_registry() -> None:
     """Forget run-time plugins and rebuild on next use (re-reads entry points and the env var)."""
     global _registry
