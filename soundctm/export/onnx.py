@@ -161,24 +161,6 @@ def _io_spec(model_path: Path) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def _io_spec(model_path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Names, dtypes and shapes (ints or symbolic names) of a graph's inputs and outputs."""
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-
-    def one(value: Any) -> dict[str, Any]:
-        tensor = value.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in tensor.shape.dim]
-        return {"name": value.name, "dtype": str(dtype), "shape": shape}
-
-    return {
-        "inputs": [one(v) for v in model.graph.input],
-        "outputs": [one(v) for v in model.graph.output],
-    }
-
-
 def _export_graph(
     component: str,
     name: str,
