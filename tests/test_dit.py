@@ -11,7 +11,6 @@ from soundctm.builtin.dit import (
     DiT,
     apply_rotary,
     dit_config,
-    init_student_from_teacher,
     patchify,
     rotary_angles,
     sinusoidal_embedding,
@@ -21,6 +20,7 @@ from soundctm.builtin.dit import (
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.ctm import CTM
 from soundctm.engine.schedule import c_noise
+from soundctm.engine.weights import init_student_from_teacher
 from soundctm.errors import CheckpointError, InvalidArgumentError
 
 TINY = dit_config("tiny")

@@ -23,11 +23,12 @@ embedding and are summed, and ``w`` [omega] adds a parameter-free sinusoidal emb
     token = emb(t) + gate * (emb(s) + sinusoid(1000 w))
 
 with ``gate`` a learnable per-channel vector (``student_gate``) initialised to zero. The teacher's
-token is ``emb(t)``. A student initialised from its teacher (:func:`init_student_from_teacher`)
-therefore equals the teacher exactly (``g(x, t, t) = D(x, t)``) for every ``s`` and ``w``, and the
-gate's gradient ``dL/dtoken * (emb(s) + sinusoid(1000 w))`` is non-zero from the first step, so
-training opens the ``s``/``w`` path; at ``gate = 1`` it is the official sum. No adaLN: the token is
-the only conditioning path, as in the official model.
+token is ``emb(t)``. A student initialised from its teacher
+(:func:`soundctm.engine.weights.init_student_from_teacher`) therefore equals the teacher
+exactly (``g(x, t, t) = D(x, t)``) for every ``s`` and ``w``, and the gate's gradient
+``dL/dtoken * (emb(s) + sinusoid(1000 w))`` is non-zero from the first step, so training
+opens the ``s``/``w`` path; at ``gate = 1`` it is the official sum. No adaLN: the token is the
+only conditioning path, as in the official model.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from soundctm.engine.components import ExpandsParams, HasLastLayer, HasMaxFrames, TeacherFeatures
 from soundctm.engine.conditioning import Conditioning
-from soundctm.engine.weights import init_student_from_teacher  # noqa: F401 (re-export)
 from soundctm.errors import InvalidArgumentError
 
 ROTARY_BASE = 10000.0
@@ -306,7 +307,7 @@ class DiTBlock(nn.Module):
         return h + self.mlp(self.norm_mlp(h))
 
 
-class DiT(nn.Module):
+class DiT(nn.Module, TeacherFeatures, HasLastLayer, HasMaxFrames, ExpandsParams):
     """The SoundCTM diffusion transformer (raw network ``F``; method.md §3, §6).
 
     ``forward(x [B, C, T], t_noise [B], s_noise [B] | None, omega [B] | None, cond)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from soundctm.engine.components import CheckpointWeights, PhaseRetrieval
 from soundctm.engine.dsp import (
     frame_signal,
     mel_filterbank,
@@ -26,7 +27,7 @@ LOG_MEL_MEAN = -7.9
 LOG_MEL_STD = 3.77
 
 
-class MelAutoencoder(nn.Module):
+class MelAutoencoder(nn.Module, PhaseRetrieval, CheckpointWeights):
     """Log-mel latents ``[B, n_mels, frames]`` with a Griffin-Lim decoder; nothing to train.
 
     Encode: STFT (periodic Hann window, ``center=True``, reflect padding) of the audio padded with

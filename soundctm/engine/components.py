@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import Tensor, nn
 
     from soundctm.engine.conditioning import Conditioning
@@ -68,16 +70,27 @@ class TextEncoder(Protocol):
 
 
 @runtime_checkable
-class Autoencoder(Protocol):
+class Encoder(Protocol):
+    """The encoding half of an autoencoder: audio ``[B, n]`` -> latents ``[B, *latent_shape]``."""
+
+    def encode(self, audio: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """The decoding half of an autoencoder (all that sampling and export need):
+    latents ``[B, *latent_shape]`` -> audio ``[B, n]``."""
+
+    def decode(self, latents: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Autoencoder(Encoder, Decoder, Protocol):
     """Audio <-> latents (a VAE together with its vocoder is one autoencoder)."""
 
     sample_rate: int
 
     def latent_shape(self, seconds: float) -> Sequence[int]: ...
-
-    def encode(self, audio: Tensor) -> Tensor: ...
-
-    def decode(self, latents: Tensor) -> Tensor: ...
 
 
 class NoiseFn(Protocol):
@@ -135,27 +148,56 @@ class ExpandsParams(Protocol):
     def expand_params(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
 
+#: The graph contract of an exportable text encoder: ``input_ids [B, L] int64`` and
+#: ``attention_mask [B, L] int64`` (1 for a token, 0 for padding) -> ``tokens [B, L, dim]``
+#: float32. Dynamic axes are named ``"batch"`` and ``"length"``.
+TEXT_GRAPH_INPUTS = ("input_ids", "attention_mask")
+TEXT_GRAPH_OUTPUTS = ("tokens",)
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """How the host turns a prompt into the token ids of a text-encoder graph.
+
+    ``save(folder)`` writes a Hugging Face tokenizer that ``AutoTokenizer.from_pretrained(folder,
+    local_files_only=True)`` loads (a byte-level ``ByT5Tokenizer`` serves encoders without a
+    vocabulary). The runtime tokenises a prompt as
+    ``tokenizer(prompt, truncation=True, max_length=max_length)["input_ids"]``, replaces an empty
+    result by ``[fallback_token_id]``, right-pads a batch with ``pad_token_id`` (mask 0) and, with
+    ``exact``, feeds each prompt alone and unpadded. These fields are recorded in export.json
+    (``text``)."""
+
+    save: Callable[[Path], None]
+    max_length: int
+    pad_token_id: int
+    fallback_token_id: int | None
+    exact: bool = True
+
+
 @dataclass(frozen=True)
 class OnnxGraph:
     """What a component hands the exporter: a torch module to trace and how to call it.
 
-    ``module(*example)`` is traced; ``input_names`` / ``output_names`` name the graph's values;
-    ``dynamic`` maps an input name to ``{axis: name}`` of its dynamic axes; ``assets(folder)``
-    writes files the runtime needs beside the graph (a tokenizer); ``spec`` is JSON-safe
-    information recorded in export.json (e.g. the tokenisation)."""
+    ``module(*example)`` is traced and checked against onnxruntime on ``example`` (tensors on the
+    component's device); ``input_names`` are the module's forward parameters, ``output_names``
+    name its outputs; ``dynamic`` maps an input name to ``{axis: name}`` of its dynamic axes;
+    a text encoder's graph follows :data:`TEXT_GRAPH_INPUTS` / :data:`TEXT_GRAPH_OUTPUTS` and
+    brings its host ``tokenizer``."""
 
     module: nn.Module
-    example: tuple[Any, ...]
+    example: tuple[Tensor, ...]
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
-    assets: Callable[[Any], None] | None = None
-    spec: dict[str, Any] = field(default_factory=dict)
+    tokenizer: TokenizerSpec | None = None
 
 
 @runtime_checkable
 class OnnxExportable(Protocol):
-    """A component that can describe itself as an ONNX graph (``soundctm export``)."""
+    """A component that can describe itself as an ONNX graph (``soundctm export``).
+
+    ``onnx_export`` raises (any exception, its first line says why) when this instance cannot
+    be exported; the exporter reports it with the component's name."""
 
     def onnx_export(self) -> OnnxGraph: ...
 
@@ -204,6 +246,11 @@ def onnx_exportable(component: object) -> bool:
     return isinstance(component, OnnxExportable)
 
 
+def onnx_graph(component: object) -> OnnxGraph | None:
+    """``component.onnx_export()`` when it offers :class:`OnnxExportable`, else ``None``."""
+    return component.onnx_export() if isinstance(component, OnnxExportable) else None
+
+
 def phase_retrieval(autoencoder: object) -> bool:
     """Whether the decoder of ``autoencoder`` retrieves phase iteratively."""
     return isinstance(autoencoder, PhaseRetrieval) and bool(autoencoder.phase_retrieval)
@@ -231,9 +278,13 @@ def solver_options(fn: Callable[..., Any]) -> frozenset[str]:
 
 __all__ = [
     "SOLVER_SIGNATURE",
+    "TEXT_GRAPH_INPUTS",
+    "TEXT_GRAPH_OUTPUTS",
     "Autoencoder",
     "Backbone",
     "CheckpointWeights",
+    "Decoder",
+    "Encoder",
     "ExpandsParams",
     "HasLastLayer",
     "HasMaxFrames",
@@ -243,11 +294,13 @@ __all__ = [
     "Solver",
     "TeacherFeatures",
     "TextEncoder",
+    "TokenizerSpec",
     "checkpoint_weights",
     "expand_params",
     "last_layer",
     "max_frames",
     "onnx_exportable",
+    "onnx_graph",
     "phase_retrieval",
     "solver_grid",
     "solver_options",
