@@ -22,11 +22,13 @@ class SolverStep:
 
 @dataclass(frozen=True)
 class GenerationStarted:
-    """A generation of ``total`` samples in batches of at most ``batch_size`` started."""
+    """A generation of ``total`` samples in ``batches`` batches of at most ``batch_size``
+    started, each sample with ``steps`` solver steps (the resolved plan's)."""
 
     total: int
     batch_size: int
     steps: int
+    batches: int
 
 
 @dataclass(frozen=True)

@@ -276,11 +276,11 @@ def test_provider_selection():
             resolve_providers(["cuda"])
 
 
-def test_exported_pipeline_is_not_a_checkpoint(ort_pipe, tmp_path):
-    with pytest.raises(CheckpointError):
-        ort_pipe.save(tmp_path / "x")
-    with pytest.raises(InvalidArgumentError):
-        ort_pipe.to("cuda")
+def test_exported_pipeline_is_not_a_checkpoint(ort_pipe):
+    # it holds the engine's sampler but is no torch Pipeline: there is nothing to save or move
+    # (providers choose where it runs)
+    assert not isinstance(ort_pipe, Pipeline)
+    assert not hasattr(ort_pipe, "save") and not hasattr(ort_pipe, "to")
 
 
 # ---------------------------------------------------------------------------- TensorRT

@@ -119,8 +119,8 @@ def test_teacher_cannot_jump_but_samples_with_ode_solvers(toy_teacher):
 
 
 def test_teacher_defaults_and_cfg_one_forward(toy_teacher):
-    assert toy_teacher.resolve()["solver"] == "heun"
-    assert toy_teacher.resolve()["steps"] == 40
+    assert toy_teacher.resolve().solver == "heun"
+    assert toy_teacher.resolve().steps == 40
     calls = []
     backbone = toy_teacher.ctm.backbone
     handle = backbone.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))

@@ -21,11 +21,14 @@ from soundctm.events import BatchFinished, Event, GenerationStarted, SolverStep
 class GenerationProgress:
     """A progress bar over samples with a sub-bar over solver steps.
 
-    Shown only on a terminal, and only when there is more than one sample or more than one step.
+    Sized by the :class:`~soundctm.events.GenerationStarted` event (the resolved number of
+    samples and steps); shown only on a terminal, and only when there is more than one sample or
+    more than one step.
     """
 
-    def __init__(self, console: Console, *, total: int, steps: int) -> None:
-        self.enabled = console.is_terminal and (total > 1 or steps > 1)
+    def __init__(self, console: Console) -> None:
+        self.terminal = console.is_terminal
+        self.enabled = False
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[progress.description]{task.description}"),
@@ -35,14 +38,21 @@ class GenerationProgress:
             TimeRemainingColumn(),
             console=console,
             transient=True,
-            disable=not self.enabled,
+            disable=True,
         )
-        self.samples = self.progress.add_task("samples", total=total)
-        self.steps = self.progress.add_task("steps", total=steps, visible=steps > 1)
+        self.samples = self.progress.add_task("samples", total=None)
+        self.steps = self.progress.add_task("steps", total=None, visible=False)
+
+    def _start(self, event: GenerationStarted) -> None:
+        self.progress.update(self.samples, total=event.total)
+        self.progress.update(self.steps, total=event.steps, visible=event.steps > 1)
+        if not self.enabled and self.terminal and (event.total > 1 or event.steps > 1):
+            self.enabled = True
+            self.progress.disable = False
+            self.progress.start()
 
     def __enter__(self) -> GenerationProgress:
-        self.progress.__enter__()
-        return self
+        return self  # the bars start with the first GenerationStarted
 
     def __exit__(
         self,
@@ -54,7 +64,7 @@ class GenerationProgress:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, GenerationStarted):
-            self.progress.update(self.samples, total=event.total)
+            self._start(event)
         elif isinstance(event, SolverStep):
             self.progress.update(self.steps, completed=event.step, total=event.steps)
         elif isinstance(event, BatchFinished):

@@ -63,13 +63,7 @@ def refine(
         RefineSettings, config, steps=steps, gamma=gamma, model=model, out=out, device=device
     )
 
-    from soundctm.engine.audio_io import (
-        free_stem,
-        params_from_record,
-        read_sidecar,
-        sidecar_record,
-        write_sample,
-    )
+    from soundctm.engine.audio_io import free_stem, params_from_record, read_sidecar, save_sample
     from soundctm.engine.checkpoint import card_sha256
     from soundctm.engine.files import ensure_writable_dir
 
@@ -99,31 +93,19 @@ def refine(
 
     pipe = load_model(model_dir, settings.device)
     card_hash = card_sha256(model_dir)
-    pipe.resolve(
-        steps=settings.steps,
-        gamma=settings.gamma,
-        nu=params.nu,
-        omega=params.omega,
-        seconds=params.seconds,
-        solver=params.solver,
-    )
     started = time.perf_counter()
-    with GenerationProgress(err_console, total=1, steps=settings.steps) as bar:
+    with GenerationProgress(err_console) as bar:
         gen = pipe.refine(params, steps=settings.steps, gamma=settings.gamma, callback=bar)
     path = free_stem(out_dir, f"{file.stem}.refined-{settings.steps}")
     new = gen.params[0]
-    extra = {"refined_from": str(file.resolve()), "refined_from_steps": params.steps}
-    write_sample(
+    save_sample(
         path,
         gen.audio[0],
-        gen.sample_rate,
-        sidecar_record(
-            new,
-            sample_rate=gen.sample_rate,
-            model_path=model_dir,
-            model_card_sha256=card_hash,
-            extra=extra,
-        ),
+        new,
+        sample_rate=gen.sample_rate,
+        model_path=model_dir,
+        model_card_sha256=card_hash,
+        extra={"refined_from": str(file.resolve()), "refined_from_steps": params.steps},
     )
     console.print(
         f"refined {file.name} ({params.steps} -> {new.steps} steps, gamma {new.gamma:g}, "

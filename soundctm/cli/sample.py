@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from pathlib import Path
@@ -167,67 +168,54 @@ def sample(
             )
         model_dir = model_dir / "teacher"
 
-    from soundctm.engine.audio_io import free_stem, sidecar_record, slug, write_sample
+    from soundctm.engine.audio_io import free_stem, save_sample, slug
     from soundctm.engine.checkpoint import card_sha256
     from soundctm.engine.files import ensure_writable_dir
 
     status = err_console.status("loading model", spinner="dots")
-    with status if err_console.is_terminal else _null():
+    with status if err_console.is_terminal else contextlib.nullcontext():
         pipe = load_model(model_dir, settings.device)
     out_dir = ensure_writable_dir(settings.out)
     card_hash = card_sha256(model_dir)
     expanded = [p for p in all_prompts for _ in range(settings.num_samples)]
     base = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
     seeds = [base + i for i in range(len(expanded))]
-    params = pipe.resolve(
-        steps=settings.steps,
-        gamma=settings.gamma,
-        nu=settings.nu,
-        omega=settings.omega,
-        seconds=settings.seconds,
-        solver=settings.solver,
-    )
 
     from soundctm.cli.progress import GenerationProgress
 
     written: list[Path] = []
     started = time.perf_counter()
-    with GenerationProgress(err_console, total=len(expanded), steps=params["steps"]) as bar:
+    with GenerationProgress(err_console) as bar:
         batches = pipe.generate_batches(
             expanded,
             seeds=seeds,
-            steps=params["steps"],
-            gamma=params["gamma"],
-            nu=params["nu"],
-            omega=params["omega"],
-            seconds=params["seconds"],
-            solver=params["solver"],
+            steps=settings.steps,
+            gamma=settings.gamma,
+            nu=settings.nu,
+            omega=settings.omega,
+            seconds=settings.seconds,
+            solver=settings.solver,
             batch_size=settings.batch_size,
             callback=bar,
         )
         for gen in batches:
             for audio, prm in zip(gen.audio, gen.params, strict=True):
                 path = free_stem(out_dir, f"{slug(prm.prompt)}-{prm.seed}")
-                record = sidecar_record(
-                    prm,
-                    sample_rate=gen.sample_rate,
-                    model_path=model_dir,
-                    model_card_sha256=card_hash,
+                written.append(
+                    save_sample(
+                        path,
+                        audio,
+                        prm,
+                        sample_rate=gen.sample_rate,
+                        model_path=model_dir,
+                        model_card_sha256=card_hash,
+                    )
                 )
-                written.append(write_sample(path, audio, gen.sample_rate, record))
                 bar.log(f"wrote {path}")
     elapsed = time.perf_counter() - started
     console.print(
-        f"{len(written)} sample(s), {params['steps']} step(s), gamma {params['gamma']:g}, "
-        f"nu {params['nu']:g}, omega {params['omega']:g}, in {elapsed:.2f} s -> {out_dir}",
+        f"{len(written)} sample(s), {prm.steps} step(s), gamma {prm.gamma:g}, "
+        f"nu {prm.nu:g}, omega {prm.omega:g}, in {elapsed:.2f} s -> {out_dir}",
         highlight=False,
         soft_wrap=True,
     )
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from soundctm._version import __version__
 from soundctm.engine.files import atomic_path
-from soundctm.engine.pipeline import SampleParams
+from soundctm.engine.plan import SampleParams
 from soundctm.errors import AudioFileError, OutputPathError
 
 SIDECAR_VERSION = 1
@@ -66,6 +66,27 @@ def sidecar_record(
     return record
 
 
+def save_sample(
+    wav: Path,
+    audio: Tensor,
+    params: SampleParams,
+    *,
+    sample_rate: int,
+    model_path: Path | None,
+    model_card_sha256: str | None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """:func:`write_sample` with the sidecar of ``params`` (:func:`sidecar_record`)."""
+    record = sidecar_record(
+        params,
+        sample_rate=sample_rate,
+        model_path=model_path,
+        model_card_sha256=model_card_sha256,
+        extra=extra,
+    )
+    return write_sample(wav, audio, sample_rate, record)
+
+
 @contextlib.contextmanager
 def _cleanup_on_error(paths: list[Path]) -> Iterator[None]:
     try:
@@ -93,7 +114,7 @@ def write_sample(wav: Path, audio: Tensor, sample_rate: int, record: dict[str, A
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         raise OutputPathError(
-            f"cannot write {wav} ({exc.strerror or exc}); choose another --out folder"
+            f"cannot write {wav} ({exc.strerror or exc}); choose another output folder"
         ) from exc
     return wav
 

@@ -9,6 +9,8 @@ At ``s == t``, ``G`` returns ``x`` and ``g(x, t, t)`` is an ordinary denoiser.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
@@ -37,11 +39,61 @@ def ctm_jump(x: Tensor, g: Tensor, t: Tensor, s: Tensor) -> Tensor:
     return ratio * x + (1 - ratio) * g
 
 
-class CTM(nn.Module):
+class TrajectoryModel:
+    """``denoise`` and ``jump`` written once over a model's ``g(x, t, s)`` (method.md §3).
+
+    A subclass is called as ``model(x, t, s, cond, omega) -> g(x, t, s)``: the torch
+    :class:`CTM` through ``nn.Module.__call__`` (so DDP and hooks see it), an exported
+    network graph (:class:`soundctm.export.runtime.GraphCTM`) directly. ``kind`` is
+    ``"teacher"`` or ``"ctm"`` (a student).
+    """
+
+    kind: str
+
+    if TYPE_CHECKING:
+
+        def __call__(
+            self,
+            x: Tensor,
+            t: float | Tensor,
+            s: float | Tensor,
+            cond: Conditioning,
+            omega: float | Tensor | None = None,
+        ) -> Tensor: ...
+
+    @property
+    def is_student(self) -> bool:
+        return self.kind == STUDENT
+
+    def denoise(
+        self, x: Tensor, t: float | Tensor, cond: Conditioning, omega: float | Tensor | None = None
+    ) -> Tensor:
+        """The denoiser ``g(x, t, t)`` (``D(x, t)`` for a teacher)."""
+        return self(x, t, t, cond, omega)
+
+    def jump(
+        self,
+        x: Tensor,
+        t: float | Tensor,
+        s: float | Tensor,
+        cond: Conditioning,
+        omega: float | Tensor | None = None,
+    ) -> Tensor:
+        """The CTM jump ``G(x, t, s)`` from time ``t`` to an earlier time ``s``."""
+        if not self.is_student:
+            raise TypeError(
+                "a teacher cannot jump between times; sample it with an ODE solver "
+                "(heun, euler, dpmpp-2m)"
+            )
+        b = x.shape[0]
+        return ctm_jump(x, self(x, t, s, cond, omega), as_batch(t, b, x), as_batch(s, b, x))
+
+
+class CTM(TrajectoryModel, nn.Module):
     """A backbone with EDM preconditioning; a teacher denoises, a student also jumps.
 
     ``kind`` is ``"teacher"`` (the backbone sees only ``t``) or ``"ctm"`` (a student: the
-    backbone also sees the target time ``s`` and the guidance scale ``omega``).
+    backbone also sees the target time ``s`` and the guidance input ``omega``).
     """
 
     def __init__(self, backbone: nn.Module, sigma_data: float, kind: str = TEACHER) -> None:
@@ -51,10 +103,6 @@ class CTM(nn.Module):
         self.backbone = backbone
         self.sigma_data = float(sigma_data)
         self.kind = kind
-
-    @property
-    def is_student(self) -> bool:
-        return self.kind == STUDENT
 
     def g(
         self,
@@ -79,36 +127,5 @@ class CTM(nn.Module):
             )
         return precondition(x, raw, t, self.sigma_data)
 
-    def forward(
-        self,
-        x: Tensor,
-        t: float | Tensor,
-        s: float | Tensor,
-        cond: Conditioning,
-        omega: float | Tensor | None = None,
-    ) -> Tensor:
-        """``g(x, t, s)`` through ``__call__`` (so DDP and hooks see it)."""
-        return self.g(x, t, s, cond, omega)
-
-    def denoise(
-        self, x: Tensor, t: float | Tensor, cond: Conditioning, omega: float | Tensor | None = None
-    ) -> Tensor:
-        """The denoiser ``g(x, t, t)`` (``D(x, t)`` for a teacher)."""
-        return self(x, t, t, cond, omega)
-
-    def jump(
-        self,
-        x: Tensor,
-        t: float | Tensor,
-        s: float | Tensor,
-        cond: Conditioning,
-        omega: float | Tensor | None = None,
-    ) -> Tensor:
-        """The CTM jump ``G(x, t, s)`` from time ``t`` to an earlier time ``s``."""
-        if not self.is_student:
-            raise TypeError(
-                "a teacher cannot jump between times; sample it with an ODE solver "
-                "(heun, euler, dpmpp-2m)"
-            )
-        b = x.shape[0]
-        return ctm_jump(x, self(x, t, s, cond, omega), as_batch(t, b, x), as_batch(s, b, x))
+    #: ``g(x, t, s)`` through ``__call__`` (so DDP and hooks see it).
+    forward = g

@@ -1,8 +1,10 @@
 """Classifier-free guidance as one forward on a 2B batch (method.md §2 and §5).
 
-``out = out_uncond + scale * (out_cond - out_uncond)``. For a teacher ``scale`` is the CFG scale
-``w`` [omega] applied to the denoiser; for a CTM student it is ``nu`` applied to the jump, while
-``omega`` is an input of the network. A scale of exactly 1 runs only the conditional half.
+``out = out_uncond + scale * (out_cond - out_uncond)``. The two guidance knobs are named as in
+:class:`~soundctm.engine.plan.SamplingPlan`: ``guidance_scale`` is the mixing weight on the
+model's outputs (for a teacher the CFG scale ``w`` = omega on the denoiser D; for a CTM student
+``nu`` on the jump G) and ``guidance_input`` is the ``omega`` fed to a student network (``None``
+for a teacher). A scale of exactly 1 runs only the conditional half.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import Tensor
 
 from soundctm.engine.conditioning import Conditioning
-from soundctm.engine.ctm import CTM
+from soundctm.engine.ctm import TrajectoryModel
 from soundctm.engine.schedule import append_dims
 
 
@@ -60,20 +62,22 @@ class GuidedModel:
     """A model bound to one batch's conditioning and guidance, as the solvers see it.
 
     ``denoise(x, sigma)`` and ``jump(x, t, s)`` take scalar times; guidance is applied inside.
-    For a teacher, ``scale`` is the CFG scale on the denoiser (``omega`` is then unused); for a
-    student, ``scale`` is nu on the jump and ``omega`` is the network's guidance input.
+    ``ctm`` is a torch :class:`~soundctm.engine.ctm.CTM` or an exported network graph. For a
+    teacher, ``guidance_scale`` is the CFG scale omega on the denoiser and ``guidance_input`` is
+    ``None``; for a student, ``guidance_scale`` is nu on the jump and ``guidance_input`` is
+    omega, the network's guidance input.
     """
 
-    ctm: CTM
+    ctm: TrajectoryModel
     cond: Conditioning
     uncond: Conditioning | None = None
-    scale: float | Tensor = 1.0
-    omega: Tensor | float | None = None
+    guidance_scale: float | Tensor = 1.0
+    guidance_input: Tensor | float | None = None
 
     def _omega(self, x: Tensor) -> Tensor | None:
-        if self.omega is None:
+        if self.guidance_input is None:
             return None
-        w = torch.as_tensor(self.omega, device=x.device, dtype=x.dtype)
+        w = torch.as_tensor(self.guidance_input, device=x.device, dtype=x.dtype)
         return w.expand(x.shape[0]) if w.ndim == 0 else w
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
@@ -83,7 +87,7 @@ class GuidedModel:
             return self.ctm.denoise(x_, sig, c, w)
 
         sig = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).expand(x.shape[0])
-        return guided(call, x, self.cond, self.uncond, self.scale, self._omega(x), sig)
+        return guided(call, x, self.cond, self.uncond, self.guidance_scale, self._omega(x), sig)
 
     def jump(self, x: Tensor, t: float, s: float) -> Tensor:
         """The guided CTM jump ``G(x, t, s)`` (nu-sampling, method.md §5)."""
@@ -91,4 +95,4 @@ class GuidedModel:
         def call(x_: Tensor, c: Conditioning, w: Tensor | None) -> Tensor:
             return self.ctm.jump(x_, t, s, c, w)
 
-        return guided(call, x, self.cond, self.uncond, self.scale, self._omega(x))
+        return guided(call, x, self.cond, self.uncond, self.guidance_scale, self._omega(x))

@@ -742,7 +742,7 @@ def evaluate_model(
     )
     emit(callback, EvalStage("loading the model"))
     pipe = _load_pipeline(model, device, registry)
-    base = pipe.resolve(nu=nu, omega=omega, seconds=seconds)
+    base = pipe.resolve(nu=nu, omega=omega, seconds=seconds).arguments()
     if not pipe.is_student or base["solver"] != "gamma":
         if any(g != 0.0 for g in gammas):
             raise InvalidArgumentError(
@@ -902,7 +902,7 @@ def compare_models(
                 nu=nu if student else None,
                 omega=omega,
                 seconds=seconds,
-            )
+            ).arguments()
         )
     secs = min(p["seconds"] for p in params)
     params = [{**p, "seconds": secs} for p in params]

@@ -1,12 +1,13 @@
-"""Run an exported model (docs/onnx.md) with onnxruntime, through the torch pipeline's code.
+"""Run an exported model (docs/onnx.md) with onnxruntime, through the engine's sampler.
 
-:class:`OrtPipeline` is a :class:`~soundctm.engine.pipeline.Pipeline` whose three components are
-backed by graphs: argument validation, the Karras grids, per-sample CPU generators
-(:mod:`soundctm.engine.noise`), classifier-free guidance / nu-sampling
-(:class:`~soundctm.engine.guidance.GuidedModel`) and the solvers of
-:mod:`soundctm.engine.solvers` are the very same functions. Only ``g(x, t, s)``, the token
-states and the decoder run in the graphs, so the same prompt and seed give the same audio as the
-torch pipeline up to float rounding.
+:class:`OrtPipeline` holds the same :class:`~soundctm.engine.sampler.Sampler` as the torch
+:class:`~soundctm.engine.pipeline.Pipeline`, with three graph-backed components: argument
+validation, the Karras grids, per-sample CPU generators (:mod:`soundctm.engine.noise`),
+classifier-free guidance / nu-sampling (:class:`~soundctm.engine.guidance.GuidedModel`), the
+jump ``G`` (:class:`~soundctm.engine.ctm.TrajectoryModel`) and the solvers of
+:mod:`soundctm.engine.solvers` are the very same code. Only ``g(x, t, s)``, the token states and
+the decoder run in the graphs, so the same prompt and seed give the same audio as the torch
+pipeline up to float rounding.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from torch import Tensor
 
 from soundctm.engine.checkpoint import ModelCard, read_card, sha256_file
 from soundctm.engine.conditioning import Conditioning
-from soundctm.engine.ctm import STUDENT, as_batch, ctm_jump
-from soundctm.engine.pipeline import Pipeline
+from soundctm.engine.ctm import TrajectoryModel, as_batch
+from soundctm.engine.sampler import Sampler, SamplingAPI
 from soundctm.errors import CheckpointError, InvalidArgumentError, SoundCTMError
 from soundctm.export.onnx import EXPORT_FILE, EXPORT_FORMAT, EXPORT_VERSION, GRAPHS
 from soundctm.plugins.registry import Registry
@@ -170,24 +171,16 @@ def _numpy(x: Tensor, dtype: Any = np.float32) -> np.ndarray:
     return np.ascontiguousarray(x.detach().cpu().numpy().astype(dtype, copy=False))
 
 
-class GraphCTM:
-    """The :class:`~soundctm.engine.ctm.CTM` interface (``g``, ``denoise``, ``jump``) on the
-    ``network`` graph, which computes ``g(x, t, s)``; the jump is
-    ``G(x, t, s) = (s/t) x + (1 - s/t) g`` (CTM eq. 7, :func:`~soundctm.engine.ctm.ctm_jump`)."""
+class GraphCTM(TrajectoryModel):
+    """The network of an exported model: calling it runs the ``network`` graph, which computes
+    ``g(x, t, s)``; ``denoise`` and the jump ``G(x, t, s) = (s/t) x + (1 - s/t) g`` (CTM eq. 7)
+    are the engine's (:class:`~soundctm.engine.ctm.TrajectoryModel`)."""
 
     def __init__(self, graph: Graph, kind: str) -> None:
         self.graph = graph
         self.kind = kind
 
-    @property
-    def is_student(self) -> bool:
-        return self.kind == STUDENT
-
-    def parameters(self) -> Any:
-        """No torch parameters (the pipeline reads its dtype from here: float32)."""
-        return iter(())
-
-    def g(
+    def __call__(
         self,
         x: Tensor,
         t: float | Tensor,
@@ -195,7 +188,7 @@ class GraphCTM:
         cond: Conditioning,
         omega: float | Tensor | None = None,
     ) -> Tensor:
-        """``g(x, t, s)`` from the graph; ``omega=None`` feeds 0 (a student's pipeline always
+        """``g(x, t, s)`` from the graph; ``omega=None`` feeds 0 (a student's sampler always
         passes omega; a teacher's graph ignores it)."""
         b = x.shape[0]
         feeds = {
@@ -208,25 +201,7 @@ class GraphCTM:
         }
         return torch.from_numpy(self.graph(feeds)).to(device=x.device, dtype=x.dtype)
 
-    def denoise(
-        self, x: Tensor, t: float | Tensor, cond: Conditioning, omega: float | Tensor | None = None
-    ) -> Tensor:
-        """The denoiser ``g(x, t, t)``."""
-        return self.g(x, t, t, cond, omega)
-
-    def jump(
-        self,
-        x: Tensor,
-        t: float | Tensor,
-        s: float | Tensor,
-        cond: Conditioning,
-        omega: float | Tensor | None = None,
-    ) -> Tensor:
-        """The CTM jump ``G(x, t, s)``."""
-        if not self.is_student:
-            raise TypeError("a teacher cannot jump between times; use heun, euler or dpmpp-2m")
-        b = x.shape[0]
-        return ctm_jump(x, self.g(x, t, s, cond, omega), as_batch(t, b, x), as_batch(s, b, x))
+    g = __call__
 
 
 class GraphTextEncoder:
@@ -298,7 +273,8 @@ class GraphDecoder:
             return tuple(self.shape)
         if self.samples_per_frame is None:
             raise InvalidArgumentError(
-                f"this exported model only generates {self.seconds:g} s clips; drop --seconds"
+                f"this exported model only generates {self.seconds:g} s clips; leave seconds "
+                "at its default"
             )
         n = round(seconds * self.sample_rate)
         shape = list(self.shape)
@@ -310,12 +286,15 @@ class GraphDecoder:
 
 
 # ---------------------------------------------------------------------------- pipeline
-class OrtPipeline(Pipeline):
+class OrtPipeline(SamplingAPI):
     """An exported model run by onnxruntime (or TensorRT engines, see
-    :func:`soundctm.export.tensorrt.load_tensorrt`), with the torch pipeline's sampling code.
+    :func:`soundctm.export.tensorrt.load_tensorrt`).
 
-    ``generate``, ``generate_batches``, ``refine``, ``resolve``, ``grid`` and ``latent_shape``
-    are inherited unchanged from :class:`~soundctm.engine.pipeline.Pipeline`.
+    It holds the engine's :class:`~soundctm.engine.sampler.Sampler` over graph-backed
+    components, so ``generate``, ``generate_batches``, ``refine``, ``resolve``, ``grid``,
+    ``latent_shape`` and ``encode_text`` are the torch pipeline's. Host tensors stay on the
+    CPU; the accelerator is chosen with ``providers``. It is not a training checkpoint: keep
+    the original checkpoint folder for that (copy the exported folder as a whole).
     """
 
     def __init__(
@@ -329,26 +308,28 @@ class OrtPipeline(Pipeline):
         providers: Sequence[str] = (),
         registry: Registry | None = None,
     ) -> None:
-        # Pipeline.__init__ builds torch modules; this one wires graphs into the same slots.
         from soundctm.plugins.registry import get_registry
 
-        self.card = card
-        self.spec = spec
-        self.ctm = GraphCTM(graphs["network"], card.kind)  # type: ignore[assignment]
-        self.text_encoder = GraphTextEncoder(graphs["text_encoder"], tokenizer, spec["text"])
-        self.autoencoder = GraphDecoder(graphs["decoder"], spec)
-        self.path = Path(path) if path is not None else None
-        self.providers = list(providers)
-        self.registry = registry or get_registry()
-        self.device = torch.device("cpu")
-        if self.autoencoder.sample_rate != card.sample_rate:
+        decoder = GraphDecoder(graphs["decoder"], spec)
+        if decoder.sample_rate != card.sample_rate:
             raise CheckpointError(
-                f"{EXPORT_FILE} says {self.autoencoder.sample_rate} Hz but model.json says "
+                f"{EXPORT_FILE} says {decoder.sample_rate} Hz but model.json says "
                 f"{card.sample_rate} Hz; re-export the model"
             )
+        self.spec = spec
+        self.network = GraphCTM(graphs["network"], card.kind)
+        self.sampler = Sampler(
+            card,
+            self.network,
+            GraphTextEncoder(graphs["text_encoder"], tokenizer, spec["text"]),
+            decoder,
+            registry=registry or get_registry(),
+        )
+        self.path = Path(path) if path is not None else None
+        self.providers = list(providers)
 
     @classmethod
-    def load(  # type: ignore[override]
+    def load(
         cls,
         path: str | Path,
         *,
@@ -385,21 +366,6 @@ class OrtPipeline(Pipeline):
             path=path,
             providers=providers,
             registry=registry,
-        )
-
-    def to(self, device: str | torch.device) -> OrtPipeline:
-        """Host tensors stay on the CPU; choose the accelerator with ``providers``."""
-        if torch.device(device).type != "cpu":
-            raise InvalidArgumentError(
-                "an exported model runs where its onnxruntime providers run; pass providers "
-                "(cpu, cuda, tensorrt) instead of a device"
-            )
-        return self
-
-    def save(self, path: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
-        raise CheckpointError(
-            "an exported model cannot be saved as a training checkpoint; keep the original "
-            "checkpoint folder (copy the exported folder as a whole instead)"
         )
 
 

@@ -1,0 +1,332 @@
+"""Generation, written once for both runtimes (docs/method.md §5).
+
+A :class:`Sampler` turns prompts and seeds into audio over the component protocols of
+:mod:`soundctm.engine.components`: a network offering ``g(x, t, s)`` (the torch
+:class:`~soundctm.engine.ctm.CTM` or an exported graph, both
+:class:`~soundctm.engine.ctm.TrajectoryModel`, so the jump ``G`` and the denoiser are the same
+code), a text encoder, a decoder with ``latent_shape`` and the registry's solvers. It checks the
+prompts, seeds and batch size, resolves the :class:`~soundctm.engine.plan.SamplingPlan`, draws
+each sample's noise from its own CPU generator, applies guidance
+(:class:`~soundctm.engine.guidance.GuidedModel`), runs the solver, decodes and emits the
+generation events.
+
+The torch :class:`~soundctm.engine.pipeline.Pipeline` and the onnxruntime
+:class:`~soundctm.export.runtime.OrtPipeline` each hold a sampler; :class:`SamplingAPI` gives
+both the same public methods (``generate``, ``generate_batches``, ``refine``, ``resolve``, ...).
+The two guidance knobs are named in :mod:`soundctm.engine.plan` (``guidance_scale``: nu for a
+student, omega for a teacher; ``guidance_input``: omega fed to a student network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
+
+import torch
+from torch import Tensor, nn
+
+from soundctm._version import __version__
+from soundctm.engine import schedule
+from soundctm.engine.components import Solver, TextEncoder, solver_grid, solver_options
+from soundctm.engine.conditioning import Conditioning
+from soundctm.engine.ctm import TrajectoryModel
+from soundctm.engine.guidance import GuidedModel
+from soundctm.engine.noise import MAX_SEED, PerSampleNoise, make_generators, per_sample_randn
+from soundctm.engine.plan import SampleParams, SamplingArguments, SamplingPlan, resolve_plan
+from soundctm.errors import InvalidArgumentError
+from soundctm.events import BatchFinished, Callback, GenerationStarted, emit
+
+if TYPE_CHECKING:
+    from soundctm.engine.checkpoint import ModelCard
+    from soundctm.plugins.registry import Registry
+
+#: Samples generated at once unless the caller says otherwise.
+DEFAULT_BATCH_SIZE = 8
+
+
+class Decoder(Protocol):
+    """What sampling needs of an autoencoder: the latent shape of a clip and ``decode``."""
+
+    sample_rate: int
+
+    def latent_shape(self, seconds: float) -> Sequence[int]: ...
+
+    def decode(self, latents: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Generated audio [N, samples] at ``sample_rate``, with the parameters of each row."""
+
+    audio: Tensor
+    sample_rate: int
+    params: list[SampleParams]
+
+
+def _check_inputs(
+    prompts: Sequence[str], seeds: Sequence[int], batch_size: int
+) -> tuple[list[str], list[int]]:
+    prompts = list(prompts)
+    seeds = [int(s) for s in seeds]
+    if not prompts:
+        raise InvalidArgumentError("no prompts given; pass at least one prompt")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidArgumentError(
+                f"prompt {i + 1} is empty; every prompt needs some text describing the sound"
+            )
+    if len(seeds) != len(prompts):
+        raise InvalidArgumentError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    for s in seeds:
+        if not 0 <= s <= MAX_SEED:
+            raise InvalidArgumentError(f"seed {s} is outside [0, 2**63 - 1]")
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch size must be >= 1, got {batch_size}")
+    return prompts, seeds
+
+
+class Sampler:
+    """Prompts and seeds to audio with one model's components (see the module docstring).
+
+    ``device`` is where latents and conditioning live (the torch pipeline moves it; an
+    exported model keeps host tensors on the CPU).
+    """
+
+    def __init__(
+        self,
+        card: ModelCard,
+        network: TrajectoryModel,
+        text_encoder: TextEncoder,
+        autoencoder: Decoder,
+        *,
+        registry: Registry,
+        device: torch.device | None = None,
+    ) -> None:
+        self.card = card
+        self.network = network
+        self.text_encoder = text_encoder
+        self.autoencoder = autoencoder
+        self.registry = registry
+        self.device = device if device is not None else torch.device("cpu")
+
+    # ------------------------------------------------------------------ parts
+    def solver(self, name: str) -> Solver:
+        """The registered solver ``name``."""
+        return self.registry.load("solver", name)
+
+    def resolve(self, **arguments: Unpack[SamplingArguments]) -> SamplingPlan:
+        """Defaults from the card, every parameter validated (:func:`resolve_plan`)."""
+        return resolve_plan(self.card, self.solver, **arguments)
+
+    def grid(self, solver_fn: Any, steps: int) -> Tensor:
+        """The noise levels a solver with ``steps`` steps runs on (method.md §1)."""
+        c = self.card
+        make = schedule.ctm_grid if solver_grid(solver_fn) == "ctm" else schedule.edm_grid
+        return make(steps, c.sigma_min, c.sigma_max, c.rho)
+
+    def latent_shape(self, seconds: float) -> tuple[int, ...]:
+        """The per-sample latent shape of a clip of ``seconds``."""
+        return tuple(int(n) for n in self.autoencoder.latent_shape(seconds))
+
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
+        """Text conditioning for ``prompts`` on the sampler's device."""
+        return self.text_encoder(list(prompts)).to(self.device)
+
+    def dtype(self) -> torch.dtype:
+        """The dtype the network computes in (float32 for a graph or a module without
+        parameters)."""
+        if isinstance(self.network, nn.Module):
+            return next((q.dtype for q in self.network.parameters()), torch.float32)
+        return torch.float32
+
+    # ------------------------------------------------------------------ generation
+    def generate_batches(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        batch_size: int,
+        callback: Callback | None,
+        arguments: SamplingArguments,
+    ) -> Iterator[Generation]:
+        """Check everything, then return the lazy iterator over the batches."""
+        prompts, seeds = _check_inputs(prompts, seeds, batch_size)
+        plan = self.resolve(**arguments)
+        return self._run(prompts, seeds, plan, batch_size, callback)
+
+    @torch.inference_mode()
+    def _run(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        plan: SamplingPlan,
+        batch_size: int,
+        callback: Callback | None,
+    ) -> Iterator[Generation]:
+        fn = self.solver(plan.solver)
+        sigmas = self.grid(fn, plan.steps)
+        options = {"gamma": plan.gamma} if "gamma" in solver_options(fn) else {}
+        shape = self.latent_shape(plan.seconds)
+        dtype = self.dtype()
+        total = len(prompts)
+        batches = -(-total // batch_size)
+        emit(callback, GenerationStarted(total, batch_size, plan.steps, batches))
+        for start in range(0, total, batch_size):
+            batch_prompts = prompts[start : start + batch_size]
+            batch_seeds = seeds[start : start + batch_size]
+            generators = make_generators(batch_seeds)
+            x = per_sample_randn(generators, shape) * float(sigmas[0])
+            x = x.to(device=self.device, dtype=dtype)
+            cond = self.encode_text(batch_prompts).to(self.device, dtype)
+            uncond = (
+                self.encode_text([""] * len(batch_prompts)).to(self.device, dtype)
+                if plan.needs_uncond
+                else None
+            )
+            model = GuidedModel(
+                self.network, cond, uncond, plan.guidance_scale, plan.guidance_input
+            )
+            latents = fn(
+                model, x, sigmas, noise=PerSampleNoise(generators), callback=callback, **options
+            )
+            audio = self.autoencoder.decode(latents.float())
+            audio = audio.reshape(audio.shape[0], -1).float().cpu()
+            emit(callback, BatchFinished(min(start + batch_size, total), total))
+            yield Generation(
+                audio,
+                self.card.sample_rate,
+                [plan.sample(p, s) for p, s in zip(batch_prompts, batch_seeds, strict=True)],
+            )
+
+
+def concatenate(parts: Sequence[Generation], sample_rate: int) -> Generation:
+    """One :class:`Generation` of all rows of ``parts``."""
+    return Generation(
+        torch.cat([g.audio for g in parts]), sample_rate, [q for g in parts for q in g.params]
+    )
+
+
+class SamplingAPI:
+    """The public sampling methods of a pipeline, forwarded to the :class:`Sampler` it holds
+    (``self.sampler``). Shared by the torch and the onnxruntime pipelines."""
+
+    sampler: Sampler
+
+    @property
+    def card(self) -> ModelCard:
+        return self.sampler.card
+
+    @property
+    def registry(self) -> Registry:
+        return self.sampler.registry
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.sampler.text_encoder
+
+    @property
+    def autoencoder(self) -> Any:
+        return self.sampler.autoencoder
+
+    @property
+    def device(self) -> torch.device:
+        return self.sampler.device
+
+    @device.setter
+    def device(self, device: str | torch.device) -> None:
+        self.sampler.device = torch.device(device)
+
+    @property
+    def is_student(self) -> bool:
+        return self.sampler.network.is_student
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate of the generated audio (Hz)."""
+        return int(self.card.sample_rate)
+
+    def resolve(self, **arguments: Unpack[SamplingArguments]) -> SamplingPlan:
+        """Fill defaults from the card and validate every sampling parameter: ``steps``,
+        ``gamma``, ``nu``, ``omega``, ``seconds``, ``solver`` (see
+        :mod:`soundctm.engine.plan`)."""
+        return self.sampler.resolve(**arguments)
+
+    def grid(self, solver_fn: Any, steps: int) -> Tensor:
+        """The noise levels a solver with ``steps`` steps runs on."""
+        return self.sampler.grid(solver_fn, steps)
+
+    def latent_shape(self, seconds: float) -> tuple[int, ...]:
+        """The per-sample latent shape of a clip of ``seconds``."""
+        return self.sampler.latent_shape(seconds)
+
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
+        """Text conditioning for ``prompts`` on this pipeline's device."""
+        return self.sampler.encode_text(prompts)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        seeds: Sequence[int],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        callback: Callback | None = None,
+        **arguments: Unpack[SamplingArguments],
+    ) -> Generation:
+        """Generate one clip per prompt; prompt i starts from the noise of ``seeds[i]``.
+
+        The sampling arguments are ``steps``, ``gamma``, ``nu``, ``omega``, ``seconds`` and
+        ``solver`` (``None`` or absent: the card's default; see :meth:`resolve`). Each sample
+        draws all of its randomness from its own CPU generator, so a sample does not depend on
+        the batch it was generated in. Returns all clips at once; see :meth:`generate_batches`
+        to receive them batch by batch.
+        """
+        parts = list(
+            self.generate_batches(
+                prompts, seeds=seeds, batch_size=batch_size, callback=callback, **arguments
+            )
+        )
+        return concatenate(parts, self.sample_rate)
+
+    def generate_batches(
+        self,
+        prompts: Sequence[str],
+        *,
+        seeds: Sequence[int],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        callback: Callback | None = None,
+        **arguments: Unpack[SamplingArguments],
+    ) -> Iterator[Generation]:
+        """Like :meth:`generate`, but yields each batch as soon as it is done.
+
+        All arguments are validated before any work starts; the first batch starts with a
+        :class:`~soundctm.events.GenerationStarted` event that carries the resolved steps.
+        """
+        return self.sampler.generate_batches(prompts, seeds, batch_size, callback, arguments)
+
+    def refine(
+        self,
+        params: SampleParams,
+        *,
+        steps: int,
+        gamma: float = 0.0,
+        callback: Callback | None = None,
+    ) -> Generation:
+        """Regenerate a sample from the same initial noise (its seed) with ``steps`` steps.
+
+        With ``gamma = 0`` the content is kept and only cleaned up (method.md §5).
+        """
+        arguments: SamplingArguments = {**params.arguments(), "steps": steps, "gamma": gamma}
+        return self.generate(
+            [params.prompt], seeds=[params.seed], batch_size=1, callback=callback, **arguments
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """Where this model came from (for sidecars and reports)."""
+        return {
+            "kind": self.card.kind,
+            "soundctm_version": __version__,
+            **{k: v for k, v in self.card.provenance.items() if isinstance(v, str | int)},
+        }
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "Generation", "Sampler", "SamplingAPI", "concatenate"]
