@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -238,3 +238,66 @@ class DistillSettings(CommandSettings):
     trajectory_cache: bool = False
     cache_size: int = Field(default=512, ge=1)
     cache_batch: int = Field(default=16, ge=1)
+
+
+def _comma_list(value: Any) -> Any:
+    """``"1,2,4"`` -> ``["1", "2", "4"]`` (pydantic then converts the items); lists pass."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        if any(not p for p in parts):
+            raise ValueError("give a comma-separated list without empty entries, e.g. 1,2,4")
+        return parts
+    return value
+
+
+class EvalSettings(CommandSettings):
+    """Settings of ``soundctm eval folder | model | compare`` (TOML table ``[eval]``, env
+    ``SOUNDCTM_EVAL_*``); each sub-command reads the fields it has options for."""
+
+    command: ClassVar[str] = "eval"
+    model_config = SettingsConfigDict(env_prefix="SOUNDCTM_EVAL_", extra="forbid")
+
+    reference: Path | None = None
+    captions: Path | None = None
+    model: Path | None = None
+    compare: Path | None = None
+    prompts: str = "synthcaps"
+    num: int | None = Field(default=None, ge=1)
+    steps: list[int] | None = None
+    compare_steps: int | None = Field(default=None, ge=1)
+    gamma: list[float] | None = None
+    nu: float | None = Field(default=None, ge=0.0)
+    omega: float | None = Field(default=None, ge=0.0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    seconds: float | None = Field(default=None, gt=0.0)
+    preset: str | None = None
+    metrics: list[str] | None = None
+    embedder: str = "mel-stats"
+    classifier: str | None = None
+    fad_inf: bool = False
+    content: bool = True
+    sample_rate: int | None = Field(default=None, ge=1000)
+    out: Path = Path("outputs/eval")
+    cache_dir: Path | None = None
+    cache: bool = True
+    batch_size: int = Field(default=8, ge=1)
+    device: str = "auto"
+
+    @field_validator("steps", "gamma", "metrics", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("steps")
+    @classmethod
+    def _positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(s < 1 for s in value)):
+            raise ValueError("step counts must be whole numbers >= 1")
+        return value
+
+    @field_validator("gamma")
+    @classmethod
+    def _unit(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not 0.0 <= g <= 1.0 for g in value):
+            raise ValueError("every gamma must be between 0 and 1")
+        return value

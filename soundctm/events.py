@@ -89,3 +89,20 @@ class CheckpointSaved:
     step: int
     path: str
     heldout_loss: float | None = None
+
+
+# ---------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class EvalStage:
+    """A stage of an evaluation run started (``total`` units of work, or None if unknown)."""
+
+    text: str
+    total: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalTick:
+    """``done`` of ``total`` units of the current evaluation stage are finished."""
+
+    done: int
+    total: int

@@ -14,8 +14,7 @@ from conftest import build_toy
 from typer.testing import CliRunner
 
 from soundctm import hookimpl
-from soundctm.cli.common import handle_errors
-from soundctm.eval.plugins import METRICS
+from soundctm.builtin import METRICS
 
 PNG = b"\x89PNG\r\n\x1a\n"
 EMBEDDERS = {
@@ -86,10 +85,10 @@ def eval_plugins(_fresh_registry):
 
 
 def app() -> typer.Typer:
-    from soundctm.cli.eval import eval_command
+    from soundctm.cli.eval import eval_app
 
     a = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-    a.command(name="eval")(handle_errors(eval_command))
+    a.add_typer(eval_app, name="eval")
 
     @a.command(name="noop")
     def _noop() -> None:  # a second command keeps "eval" a sub-command, as in the real app
@@ -159,7 +158,7 @@ def test_model_mode_synthcaps_reports_and_content_preservation(tmp_path):
     # a re-run reads every embedding from the cache and gives the same numbers
     from soundctm.eval.runner import evaluate_model
 
-    again = evaluate_model(student, n=4, steps=[1, 2, 4], cache_dir=cache)
+    again = evaluate_model(student, n=4, steps=[1, 2, 4], cache_dir=cache).to_json()
     assert again["cache"]["misses"] == 0 and again["cache"]["hits"] > 0
     assert again["runs"][1]["metrics"]["fd"]["value"] == pytest.approx(
         res["runs"][1]["metrics"]["fd"]["value"], rel=1e-5
@@ -168,7 +167,7 @@ def test_model_mode_synthcaps_reports_and_content_preservation(tmp_path):
 
 def test_reports_name_models_relative_to_the_working_directory(tmp_path, monkeypatch):
     """A report committed beside the code must not carry the absolute path of the machine."""
-    from soundctm.eval.runner import _portable_path
+    from soundctm.eval.results import portable_path as _portable_path
 
     (tmp_path / "runs" / "m").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
@@ -233,22 +232,22 @@ def test_folders_against_references_with_captions(tmp_path):
     from soundctm.eval.runner import evaluate_folders
 
     kw = {"captions": caps, "use_cache": False}
-    a = evaluate_folders(gen, reference=same, out=tmp_path / "a", **kw)
-    b = evaluate_folders(gen, reference=other, out=tmp_path / "b", **kw)
+    a = evaluate_folders(gen, reference=same, out=tmp_path / "a", **kw).to_json()
+    b = evaluate_folders(gen, reference=other, out=tmp_path / "b", **kw).to_json()
     check_report(tmp_path / "a", a)
     assert a["metrics"] == ["fd"]
     assert a["runs"][0]["metrics"]["fd"]["value"] < 1e-3 < b["runs"][0]["metrics"]["fd"]["value"]
     clf = evaluate_folders(
         gen, reference=same, metrics=["kl", "is", "clap", "content-preservation"],
         classifier="toy-clf", embedder="toy-clf", **kw,
-    )  # fmt: skip
+    ).to_json()  # fmt: skip
     m = clf["runs"][0]["metrics"]
     assert m["kl"]["value"] == pytest.approx(0.0, abs=1e-5)  # identical pairs
     assert m["content-preservation"]["value"] == pytest.approx(1.0)
     assert -1 <= m["clap"]["value"] <= 1 and m["clap"]["n"] == 6
     diff = evaluate_folders(
         gen, reference=other, metrics=["kl", "content-preservation"], classifier="toy-clf", **kw
-    )
+    ).to_json()
     d = diff["runs"][0]["metrics"]
     assert d["kl"]["value"] > 0.1 and d["content-preservation"]["value"] < 0.9
 
@@ -260,7 +259,9 @@ def test_fad_infinity_and_presets_listing(tmp_path):
     names = [f"c{i}" for i in range(10)]
     gen = write_wavs(tmp_path / "g", names, seed=0)
     ref = write_wavs(tmp_path / "r", names, seed=3, freq=900.0)
-    res = evaluate_folders(gen, reference=ref, metrics=["fd"], fad_inf=True, use_cache=False)
+    res = evaluate_folders(
+        gen, reference=ref, metrics=["fd"], fad_inf=True, use_cache=False
+    ).to_json()
     fd = res["runs"][0]["metrics"]["fd"]
     assert "fad_inf" in fd and np.isfinite(fd["fad_inf"])
     assert PRESETS["audioldm"].sample_rate == 16000 and PRESETS["stable-audio"].sample_rate == 44100

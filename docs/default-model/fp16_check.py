@@ -19,7 +19,7 @@ import torch
 
 from soundctm.builtin.synthcaps.detectors import attribute_accuracy
 from soundctm.engine.pipeline import Pipeline
-from soundctm.eval.runner import synthcaps_prompts
+from soundctm.eval.prompts import synthcaps_prompts
 
 
 def generate(path: str, prompts: list[str], steps: int, omega: float) -> tuple[torch.Tensor, ...]:

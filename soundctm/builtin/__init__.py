@@ -77,7 +77,7 @@ METRICS = {
         "CLAP score: audio-caption cosine similarity (needs a text-audio embedder)",
     ),
     "synthcaps-attributes": (
-        "soundctm.eval.plugins:SynthCapsAttributes",
+        "soundctm.builtin.synthcaps.metric:SynthCapsAttributes",
         "Prompt following: SynthCaps attributes read back by analytic detectors (with chance)",
     ),
     "content-preservation": (
@@ -114,7 +114,7 @@ COMMANDS = {
         "Pack a checkpoint for distribution (half-precision weights, bundled teacher)",
     ),
     "eval": (
-        "soundctm.cli.eval:eval_command",
+        "soundctm.cli.eval:eval_app",
         "Evaluate audio or models: FD/FAD, KL, IS, CLAP, SynthCaps attributes, content "
         "preservation",
     ),

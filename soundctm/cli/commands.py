@@ -22,7 +22,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
         "Pack a checkpoint for distribution (half-precision weights, bundled teacher)",
     ),
     "eval": (
-        "soundctm.cli.eval:eval_command",
+        "soundctm.cli.eval:eval_app",
         "Evaluate audio or models: FD/FAD, KL, IS, CLAP, SynthCaps attributes, content "
         "preservation",
     ),

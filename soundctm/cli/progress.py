@@ -168,8 +168,7 @@ class EvalProgress:
         self.progress.__exit__(exc_type, exc, tb)
 
     def __call__(self, event: object) -> None:
-        from soundctm.eval.runner import EvalStage, EvalTick
-        from soundctm.events import Message
+        from soundctm.events import EvalStage, EvalTick, Message
 
         if isinstance(event, EvalStage):
             self.progress.reset(self.task, total=event.total, description=event.text)

@@ -9,13 +9,12 @@ Adding a published model (PANNs, PaSST, OpenL3, LAION-CLAP) follows :mod:`soundc
 write the architecture in torch with the state-dict keys of its public weight file, find the
 file with :func:`resolve_weights` (an argument or a ``SOUNDCTM_*_WEIGHTS`` variable; never a
 download), read it with :func:`load_weight_file` (``weights_only=True`` or safetensors), set
-``checksum`` to :func:`file_sha256` of the file, and add ``logits`` (PANNs, PaSST) or
-``embed_text`` (CLAP) when the model has them.
+``checksum`` to :func:`soundctm.engine.checkpoint.sha256_file` of the file, and add ``logits``
+(PANNs, PaSST) or ``embed_text`` (CLAP) when the model has them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -49,7 +48,9 @@ class Embedder(Protocol):
     model without weights) and ``embed(audio [B, n] float32 mono at sample_rate) -> [B, dim]``,
     one vector per clip.
 
-    Optional, detected with :func:`has_frames`, :func:`has_logits`, :func:`has_text`:
+    Optional, the capability protocols :class:`FrameEmbedder`, :class:`Classifier` and
+    :class:`TextAudioEmbedder` (checked with :func:`has_frames`, :func:`has_logits`,
+    :func:`has_text`):
 
     - ``embed_frames(audio [B, n]) -> list of [n_i, dim]``: one vector per analysis window (FAD
       implementations fit their Gaussians to these per-window embeddings of all clips);
@@ -67,19 +68,43 @@ class Embedder(Protocol):
         """Audio ``[B, n]`` at ``sample_rate`` to embeddings ``[B, dim]``."""
 
 
+@runtime_checkable
+class FrameEmbedder(Protocol):
+    """An embedder with per-window embeddings (FAD fits its Gaussians to these)."""
+
+    def embed_frames(self, audio: Tensor) -> list[Tensor]:
+        """Audio ``[B, n]`` to one ``[n_i, dim]`` array of window embeddings per clip."""
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """An embedder that is also a classifier (KL divergence, Inception Score)."""
+
+    def logits(self, audio: Tensor) -> Tensor:
+        """Audio ``[B, n]`` to label logits ``[B, classes]``."""
+
+
+@runtime_checkable
+class TextAudioEmbedder(Protocol):
+    """A text-audio embedder: a text tower in the space of ``embed`` (CLAP score)."""
+
+    def embed_text(self, texts: list[str]) -> Tensor:
+        """Texts to embeddings ``[B, dim]``."""
+
+
 def has_frames(embedder: object) -> bool:
-    """True when ``embedder`` has ``embed_frames`` (per-window embeddings)."""
-    return callable(getattr(embedder, "embed_frames", None))
+    """True when ``embedder`` has ``embed_frames`` (:class:`FrameEmbedder`)."""
+    return isinstance(embedder, FrameEmbedder)
 
 
 def has_logits(embedder: object) -> bool:
-    """True when ``embedder`` is also a classifier (``logits``)."""
-    return callable(getattr(embedder, "logits", None))
+    """True when ``embedder`` is also a classifier (:class:`Classifier`)."""
+    return isinstance(embedder, Classifier)
 
 
 def has_text(embedder: object) -> bool:
-    """True when ``embedder`` has a text tower (``embed_text``)."""
-    return callable(getattr(embedder, "embed_text", None))
+    """True when ``embedder`` has a text tower (:class:`TextAudioEmbedder`)."""
+    return isinstance(embedder, TextAudioEmbedder)
 
 
 def resample_for(embedder: Embedder, audio: Tensor, sample_rate: int) -> Tensor:
@@ -104,15 +129,6 @@ def resolve_weights(path: str | os.PathLike | None, env_var: str, hint: str) -> 
     if not p.is_file():
         raise WeightsNotFoundError(f"weights not found at {p}; {hint}")
     return p
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _numpy_safe_globals() -> list[Any]:

@@ -24,6 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from soundctm.engine.audio import AUDIO_SUFFIXES
+from soundctm.engine.checkpoint import sha256_file
 from soundctm.errors import AudioFileError, DataError, InvalidArgumentError
 
 CAPTIONS_FILE_COLUMN, CAPTIONS_TEXT_COLUMN = "file_name", "caption"
@@ -114,14 +115,6 @@ def array_sha256(x: np.ndarray) -> str:
     """SHA-256 of a clip's float32 samples (for audio that exists only in memory)."""
     data = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     return hashlib.sha256(data.tobytes()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def audio_files(folder: Path, what: str) -> dict[str, Path]:
@@ -353,7 +346,7 @@ def load_folders(
 
 def _content_key(path: Path, resampled_to: int | None) -> str:
     """The cache key of a file: SHA-256 of its bytes (plus the rate it was resampled to)."""
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     return digest if resampled_to is None else f"{digest}@{resampled_to}"
 
 

@@ -4,8 +4,10 @@ A metric is a class whose keyword arguments are its settings. An instance has ``
 ``requires`` (what the evaluation set must offer: ``"reference"``, ``"captions"``,
 ``"attributes"``), ``embedders()`` (the embedders it will ask for, so a run can check every
 weight file before it starts) and ``compute(evalset, context) -> dict``. The ``context`` (see
-:class:`Context`, implemented by :class:`soundctm.eval.runner.EvalContext`) builds embedders
+:class:`Context`, implemented by :class:`soundctm.eval.context.EvalContext`) builds embedders
 once and caches embeddings by file content. The maths lives in :mod:`soundctm.eval.metrics`.
+The built-in plugin registers these (its ``METRICS`` table); the SynthCaps attribute metric
+lives with SynthCaps in the built-in plugin (``synthcaps/metric.py``): it needs its detectors.
 """
 
 from __future__ import annotations
@@ -206,37 +208,6 @@ class ClapMetric:
         return {"value": float(clap_score(audio, text)), "embedder": emb.name, "n": evalset.n}
 
 
-class SynthCapsAttributes:
-    """Prompt following on SynthCaps: the attributes each caption requests, read back from the
-    generated audio by the analytic detectors; accuracy per attribute and overall, with the
-    chance level (1 / number of classes) beside each."""
-
-    name = "synthcaps-attributes"
-    requires: tuple[str, ...] = ("attributes",)
-
-    def embedders(self) -> list[EmbedderSpec]:
-        return []
-
-    def compute(self, evalset: EvalSet, context: Context) -> dict[str, Any]:
-        from soundctm.builtin.synthcaps.detectors import attribute_accuracy
-
-        requested = [it.attributes or {} for it in evalset.items]
-        acc = attribute_accuracy(requested, evalset.generated(), evalset.sample_rate)
-        n_all = sum(acc["n"].values())
-        chance = (
-            sum(acc["chance"][k] * acc["n"][k] for k in acc["n"]) / n_all if n_all else math.nan
-        )
-        return {
-            "value": float(acc["overall"]),
-            "overall": float(acc["overall"]),
-            "chance_overall": float(chance),
-            "per_attribute": acc["per_attribute"],
-            "chance": acc["chance"],
-            "checks": acc["n"],
-            "n": evalset.n,
-        }
-
-
 class ContentPreservation:
     """Similarity of each generated clip to its paired reference clip, averaged over pairs.
 
@@ -271,11 +242,13 @@ class ContentPreservation:
         return [(self.embedder, self.embedder_params)] if self.similarity == "embedding" else []
 
     def compute(self, evalset: EvalSet, context: Context) -> dict[str, Any]:
+        from soundctm.eval.metrics import cosine_similarity_rows
+
         if self.similarity == "embedding":
             emb = context.embedder(self.embedder, **self.embedder_params)
             a = context.embeddings(emb, evalset, "generated")
             b = context.embeddings(emb, evalset, "reference")
-            sims = cosine_rows(a, b)
+            sims = cosine_similarity_rows(a, b)
             extra = {"embedder": emb.name}
         else:
             sims = np.array(
@@ -296,15 +269,7 @@ class ContentPreservation:
         }
 
 
-# ---------------------------------------------------------------------- small pure helpers
-def cosine_rows(a: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise cosine similarity ``<a_i, b_i> / (|a_i| |b_i|)``."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    num = (a * b).sum(axis=1)
-    return num / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), eps)
-
-
+# ---------------------------------------------------------------------- spectrogram similarity
 def log_mel_db(
     x: np.ndarray, sample_rate: int, n_mels: int = 64, floor_db: float = 80.0
 ) -> np.ndarray:
@@ -339,41 +304,13 @@ def spectrogram_similarity(a: np.ndarray, b: np.ndarray, sample_rate: int) -> fl
     return float(u @ v / (nu_ * nv))
 
 
-#: Registration table: name -> (target, description). The built-in plugin registers these.
-METRICS: dict[str, tuple[str, str]] = {
-    "fd": (
-        "soundctm.eval.plugins:FrechetMetric",
-        "Frechet distance on embeddings (FAD with vggish), optional FAD-infinity",
-    ),
-    "kl": (
-        "soundctm.eval.plugins:KLMetric",
-        "KL divergence of classifier label distributions, paired by file name",
-    ),
-    "is": ("soundctm.eval.plugins:ISMetric", "Inception Score over classifier logits"),
-    "clap": (
-        "soundctm.eval.plugins:ClapMetric",
-        "CLAP score: audio-caption cosine similarity (needs a text-audio embedder)",
-    ),
-    "synthcaps-attributes": (
-        "soundctm.eval.plugins:SynthCapsAttributes",
-        "Prompt following: SynthCaps attributes read back by analytic detectors (with chance)",
-    ),
-    "content-preservation": (
-        "soundctm.eval.plugins:ContentPreservation",
-        "Similarity of N-step to 1-step output of the same seed (gamma 0 keeps content)",
-    ),
-}
-
 __all__ = [
-    "METRICS",
     "ClapMetric",
     "ContentPreservation",
     "Context",
     "FrechetMetric",
     "ISMetric",
     "KLMetric",
-    "SynthCapsAttributes",
-    "cosine_rows",
     "log_mel_db",
     "spectrogram_similarity",
 ]

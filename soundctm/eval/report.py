@@ -10,13 +10,13 @@ a temporary name and renamed. Every report states N and each embedder with its w
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from soundctm.engine.files import atomic_path, ensure_writable_dir, write_text_atomic
+from soundctm.eval.results import EvalResults, Examples, jsonable
 
 RESULTS = "results.json"
 MARKDOWN = "report.md"
@@ -25,36 +25,26 @@ METRICS_VS_STEPS = "metrics_vs_steps.png"
 
 
 def write_report(
-    results: dict[str, Any], out: Path, *, examples: dict[str, Any] | None = None
+    results: EvalResults, out: Path, *, examples: Examples | None = None
 ) -> dict[str, str]:
     """Write the JSON, the Markdown and the figures into ``out``; returns ``{kind: file name}``
-    (also stored in the JSON under ``files``)."""
+    (also stored in the JSON under ``files``). Markdown and figures are rendered from the same
+    dictionary as ``results.json`` (:meth:`EvalResults.to_json`)."""
     out = ensure_writable_dir(Path(out))
+    data = results.to_json()
     files: dict[str, str] = {"json": RESULTS, "markdown": MARKDOWN}
-    if examples and examples.get("rows"):
+    if examples is not None and examples.rows:
         spectrogram_grid(examples, out / SPECTROGRAMS)
         files["spectrograms"] = SPECTROGRAMS
-    if (results.get("mode") == "model" and len({r["steps"] for r in results["runs"]}) > 1) or (
-        results.get("content_preservation")
+    if (data.get("mode") == "model" and len({r["steps"] for r in data["runs"]}) > 1) or (
+        data.get("content_preservation")
     ):
-        metrics_vs_steps(results, out / METRICS_VS_STEPS)
+        metrics_vs_steps(data, out / METRICS_VS_STEPS)
         files["metrics_vs_steps"] = METRICS_VS_STEPS
-    full = {**results, "files": files}
-    write_text_atomic(out / RESULTS, json.dumps(_clean(full), indent=2) + "\n")
+    full = {**data, "files": files}
+    write_text_atomic(out / RESULTS, json.dumps(jsonable(full), indent=2) + "\n")
     write_text_atomic(out / MARKDOWN, markdown(full))
     return files
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _fmt(v: Any) -> str:
@@ -222,14 +212,14 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def spectrogram_grid(examples: dict[str, Any], path: Path) -> None:
+def spectrogram_grid(examples: Examples, path: Path) -> None:
     """Log-mel spectrograms: one row per prompt, one column per setting (or generated /
     reference)."""
     from soundctm.eval.plugins import log_mel_db
 
     plt = _pyplot()
-    rows, columns = examples["rows"], examples["columns"]
-    rate = int(examples["sample_rate"])
+    rows, columns = examples.rows, examples.columns
+    rate = int(examples.sample_rate)
     fig, axes = plt.subplots(
         len(rows),
         len(columns),
@@ -237,7 +227,7 @@ def spectrogram_grid(examples: dict[str, Any], path: Path) -> None:
         squeeze=False,
     )
     for i, row in enumerate(rows):
-        for j, audio in enumerate(row["audio"]):
+        for j, audio in enumerate(row.audio):
             ax = axes[i][j]
             spec = log_mel_db(np.asarray(audio), rate)
             ax.imshow(spec, origin="lower", aspect="auto", cmap="magma")
@@ -246,7 +236,7 @@ def spectrogram_grid(examples: dict[str, Any], path: Path) -> None:
             if i == 0:
                 ax.set_title(columns[j], fontsize=8)
             if j == 0:
-                title = row["title"]
+                title = row.title
                 ax.set_ylabel(title[:28] + ("…" if len(title) > 28 else ""), fontsize=7)
     fig.tight_layout()
     _save(fig, path)

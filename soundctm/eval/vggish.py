@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from soundctm.engine.checkpoint import sha256_file
 from soundctm.errors import InvalidArgumentError
 from soundctm.eval.embedders import (
     WeightsFileError,
     WeightsNotFoundError,
-    file_sha256,
     load_weight_file,
     resolve_weights,
 )
@@ -285,7 +286,7 @@ class VGGishEmbedder:
     ) -> None:
         path = resolve_weights(weights, WEIGHTS_ENV, WEIGHTS_HINT)
         self.weights_path = path
-        self.checksum = file_sha256(path)
+        self.checksum = sha256_file(Path(path))
         state = load_weight_file(path)
         self.model = VGGish(final_relu=final_relu, postprocess=postprocess, init_weights=False)
         self.model.load_weights(state, source=f"weight file {path}")
