@@ -6,6 +6,7 @@ It registers soundctm's own components through the same hooks, with the same laz
 
 from __future__ import annotations
 
+from soundctm.cli.commands import BUILTIN_COMMANDS
 from soundctm.plugins.hookspecs import Register, hookimpl
 
 __version__ = "builtin"
@@ -99,26 +100,8 @@ EMBEDDERS = {
     ),
 }
 
-COMMANDS = {
-    "sample": ("soundctm.cli.sample:sample", "Generate sounds from text prompts"),
-    "refine": ("soundctm.cli.refine:refine", "Re-run a sample with more steps, same content"),
-    "plugins": ("soundctm.cli.plugins:plugins", "List installed components by kind"),
-    "train": ("soundctm.cli.train:train", "Train a diffusion teacher (EDM)"),
-    "distill": ("soundctm.cli.distill:distill", "Distil a SoundCTM student from a teacher"),
-    "export": (
-        "soundctm.cli.export:export",
-        "Export a model to ONNX graphs (and TensorRT engines) for low-latency inference",
-    ),
-    "pack": (
-        "soundctm.cli.pack:pack",
-        "Pack a checkpoint for distribution (half-precision weights, bundled teacher)",
-    ),
-    "eval": (
-        "soundctm.cli.eval:eval_app",
-        "Evaluate audio or models: FD/FAD, KL, IS, CLAP, SynthCaps attributes, content "
-        "preservation",
-    ),
-}
+#: The built-in commands are listed from the CLI's own table (the app adds them itself).
+COMMANDS = BUILTIN_COMMANDS
 
 
 @hookimpl
