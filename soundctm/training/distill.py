@@ -48,9 +48,8 @@ from soundctm.training.ctm_losses import (
     teacher_solve,
 )
 from soundctm.training.data import build_dataset, drop_captions
-from soundctm.training.fit import Run, StepOutput, fit
+from soundctm.training.fit import Run, StepOutput, fit, prepare_run
 from soundctm.training.fit import resume as resume_state
-from soundctm.training.loop import make_accelerator, resolve_resume
 from soundctm.training.losses import edm_denoising_loss
 from soundctm.training.rng import generator, seeded_init
 from soundctm.training.trajectories import TrajectoryCache, build_trajectory_cache
@@ -132,29 +131,19 @@ def distill(
     registry: Registry | None = None,
 ) -> Path:
     """Distil a SoundCTM student from ``spec.teacher``; returns the last checkpoint folder."""
-    return fit(distill_run(spec, resume=resume, callback=callback, registry=registry), callback)
+    return fit(distill_run(spec, resume, callback, registry), callback)
 
 
 def distill_run(
-    spec: DistillConfig,
-    *,
-    resume: Path | bool | None = None,
-    callback: Callback | None = None,
-    registry: Registry | None = None,
+    spec: DistillConfig, resume: Path | bool | None, callback: Callback | None, registry: Any
 ) -> Run:
     """Build the distillation run of ``spec`` (see :func:`distill`)."""
     if spec.teacher is None:
         raise InvalidArgumentError("teacher is not set; give the teacher's checkpoint folder")
     registry = registry or get_registry()
     registry.get("dataset", spec.dataset.name)
-    accelerator = make_accelerator(
-        mixed_precision=spec.mixed_precision,
-        grad_accum=spec.grad_accum,
-        tracker=spec.tracker,
-        out=spec.out,
-    )
-    device, main, out = accelerator.device, accelerator.is_main_process, Path(spec.out)
-    state_path = resolve_resume(out, resume, main=main)
+    accelerator, state_path = prepare_run(spec, resume)
+    device, main = accelerator.device, accelerator.is_main_process
 
     teacher = load_teacher(Path(spec.teacher), spec, registry, device)
     tcard = teacher.card

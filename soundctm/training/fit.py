@@ -28,8 +28,10 @@ from soundctm.events import Callback, CheckpointSaved, Message, emit
 from soundctm.training.ema import ema_update
 from soundctm.training.loop import (
     check_finite,
+    make_accelerator,
     point_latest,
     prune,
+    resolve_resume,
     rewind_jsonl,
     start_run,
     write_previews,
@@ -79,6 +81,17 @@ class Run:
     after_checkpoint: Callable[[Pipeline, Path, int], float | None] | None = None
     lr: Callable[[int], float] | None = None
     start: int = 0
+
+
+def prepare_run(config: TrainingConfig, resume: Path | bool | None) -> tuple[Any, Path | None]:
+    """The run's accelerator and the state folder to resume from (``None``: a fresh run)."""
+    accelerator = make_accelerator(
+        mixed_precision=config.mixed_precision,
+        grad_accum=config.grad_accum,
+        tracker=config.tracker,
+        out=Path(config.out),
+    )
+    return accelerator, resolve_resume(Path(config.out), resume, main=accelerator.is_main_process)
 
 
 def check_resumable(old: dict[str, Any], config: TrainingConfig) -> None:

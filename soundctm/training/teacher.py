@@ -34,13 +34,11 @@ from soundctm.training.data import (
     drop_captions,
     mix_batch,
 )
-from soundctm.training.fit import Run, StepOutput, fit
+from soundctm.training.fit import Run, StepOutput, fit, prepare_run
 from soundctm.training.fit import resume as resume_state
 from soundctm.training.loop import (
     TrainingDiverged,
     append_jsonl,
-    make_accelerator,
-    resolve_resume,
 )
 from soundctm.training.losses import edm_denoising_loss, sample_edm_sigmas
 from soundctm.training.rng import generator, seeded_init
@@ -146,16 +144,11 @@ def train_teacher(
 
     ``resume``: a state folder, a run folder, or True for the newest state in ``spec.out``.
     """
-    run = teacher_run(spec, resume=resume, callback=callback, registry=registry)
-    return fit(run, callback)
+    return fit(teacher_run(spec, resume, callback, registry), callback)
 
 
 def teacher_run(
-    spec: TeacherConfig,
-    *,
-    resume: Path | bool | None = None,
-    callback: Callback | None = None,
-    registry: Registry | None = None,
+    spec: TeacherConfig, resume: Path | bool | None, callback: Callback | None, registry: Any
 ) -> Run:
     """Build the teacher run of ``spec`` (see :func:`train_teacher`)."""
     registry = registry or get_registry()
@@ -174,14 +167,8 @@ def teacher_run(
             for kind in ("backbone", "text_encoder", "autoencoder")
         }
     )
-    accelerator = make_accelerator(
-        mixed_precision=spec.mixed_precision,
-        grad_accum=spec.grad_accum,
-        tracker=spec.tracker,
-        out=spec.out,
-    )
+    accelerator, state_path = prepare_run(spec, resume)
     device, main, out = accelerator.device, accelerator.is_main_process, Path(spec.out)
-    state_path = resolve_resume(out, resume, main=main)
 
     pipe = build_teacher(spec, registry)
     for comp in (pipe.text_encoder, pipe.autoencoder):
