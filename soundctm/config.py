@@ -12,20 +12,28 @@ import contextvars
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
+from soundctm.engine.specs import MAX_SEED, ComponentSpec
 from soundctm.errors import InvalidArgumentError
 
 CONFIG_ENV = "SOUNDCTM_CONFIG"
-MAX_SEED = 2**63 - 1
 _toml_section: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "soundctm_toml_section", default=None
 )
@@ -116,6 +124,11 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def error_text(err: ErrorDetails) -> str:
+    """The message of one pydantic error without pydantic's ``Value error, `` prefix."""
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
 S = TypeVar("S", bound=CommandSettings)
 
 
@@ -127,7 +140,9 @@ def load_settings(cls: type[S], config: Path | None = None, **flags: Any) -> S:
         return cls(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
+        if not err["loc"]:  # a check across several settings names them itself
+            raise InvalidArgumentError(error_text(err)) from exc
+        field = str(err["loc"][0])
         value = err.get("input")
         if err["type"] == "extra_forbidden":
             raise InvalidArgumentError(
@@ -142,102 +157,161 @@ def load_settings(cls: type[S], config: Path | None = None, **flags: Any) -> S:
         _toml_section.reset(token)
 
 
-class ComponentSetting(BaseModel):
-    """A component: plugin name and parameters (TOML: ``{name = ..., params = {...}}``)."""
+#: The one component-spec type of settings and checkpoint cards (``{name, params}``).
+ComponentSetting = ComponentSpec
+
+
+# ---------------------------------------------------------------------------- training runs
+# One pydantic model per run (teacher, distill) on a shared base: the library's training functions
+# take these models, and the CLI settings below extend them with the sources (flags, environment,
+# TOML). Each parameter is declared here once; pydantic does all the validation.
+
+Steps = Annotated[int, Field(ge=1)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+class TrainingConfig(BaseModel):
+    """What every training run has (method.md §2 for the EDM noise levels ``p_mean``/``p_std``).
+
+    Constructed directly (library use), an invalid value raises
+    :class:`~soundctm.errors.InvalidArgumentError` with one line naming the parameter; the CLI
+    settings classes keep pydantic's error so that ``load_settings`` can name the flag.
+    """
 
     model_config = ConfigDict(extra="forbid")
+    #: Settings that must not change when a run is resumed (its data order and noise depend on
+    #: them, or the saved weights would not fit).
+    resume_keys: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum", "seed")
 
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    out: Path = Path("runs/teacher")
+    dataset: ComponentSpec = ComponentSpec(name="synthcaps", params={"split": "train"})
+    steps: Steps = 1000
+    batch_size: Steps = 16
+    lr: Positive = 2e-4
+    ema_decay: float = Field(default=0.999, ge=0, le=1)
+    caption_dropout: float = Field(default=0.1, ge=0, lt=1)
+    p_mean: float = -1.2
+    p_std: Positive = 1.2
+    grad_clip: Positive = 1.0
+    grad_accum: Steps = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    save_every: Steps = 500
+    log_every: Steps = 10
+    keep_checkpoints: int = Field(default=3, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    num_workers: int = Field(default=0, ge=0)
+    omega: NonNegative = 3.0
+    preview_prompts: list[str] = Field(default_factory=list)
+    tracker: str | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            if isinstance(self, BaseSettings):
+                raise
+            err = exc.errors()[0]
+            if not err["loc"]:
+                raise InvalidArgumentError(error_text(err)) from exc
+            field = ".".join(str(p) for p in err["loc"])
+            raise InvalidArgumentError(
+                f"invalid {field} {err.get('input')!r}: {error_text(err).lower()}"
+            ) from exc
+
+    def to_json(self) -> dict[str, Any]:
+        """The run's settings as JSON values (``config.json`` and the ``spec`` of state.json)."""
+        return self.model_dump(mode="json")
 
 
-class TrainSettings(CommandSettings):
-    """Settings of ``soundctm train`` (TOML table ``[train]``, env ``SOUNDCTM_TRAIN_*``)."""
+class TeacherConfig(TrainingConfig):
+    """An EDM teacher training run (method.md §2)."""
+
+    resume_keys: ClassVar[tuple[str, ...]] = (
+        "backbone",
+        "text_encoder",
+        "autoencoder",
+        "sigma_data",
+        "seconds",
+        *TrainingConfig.resume_keys,
+    )
+
+    backbone: ComponentSpec = ComponentSpec(name="dit", params={"preset": "small"})
+    text_encoder: ComponentSpec = ComponentSpec(name="minilm")
+    autoencoder: ComponentSpec = ComponentSpec(name="mel")
+    valid_dataset: ComponentSpec | None = None
+    weight_decay: NonNegative = 0.0
+    warmup_steps: int = Field(default=0, ge=0)
+    decay_steps: int = Field(default=0, ge=0)
+    sigma_data: Positive = 0.5
+    seconds: Positive = 3.0
+    mix_prob: float = Field(default=0.0, ge=0, le=1)
+    latent_cache: bool = False
+    heldout_clips: Steps = 32
+    preview_steps: Steps = 18
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TeacherConfig:
+        if self.decay_steps > self.steps:
+            raise ValueError(
+                "decay_steps must be in [0, steps] (the last decay_steps steps anneal lr to 0)"
+            )
+        if self.latent_cache and self.mix_prob > 0:
+            raise ValueError("latent_cache and mix_prob cannot be combined (mixing works on audio)")
+        return self
+
+
+class DistillConfig(TrainingConfig):
+    """A SoundCTM distillation run (method.md §3-5); defaults as published for the DiT."""
+
+    resume_keys: ClassVar[tuple[str, ...]] = ("teacher", "grid_n", *TrainingConfig.resume_keys)
+
+    out: Path = Path("runs/student")
+    teacher: Path | None = None
+    text_encoder: ComponentSpec | None = None  # must match the teacher's if given
+    autoencoder: ComponentSpec | None = None  # must match the teacher's if given
+    lr: Positive = 8e-5
+    grad_clip: Positive = 1000.0
+    omega: NonNegative = 5.0
+    grid_n: int = Field(default=40, ge=2)
+    k_distribution: Literal["linear", "uniform"] = "linear"
+    w_min: NonNegative = 1.0
+    w_max: NonNegative = 10.0
+    distance: Literal["feature", "l2", "l1", "pseudo-huber"] = "feature"
+    compare_at: Literal["s", "sigma_min"] = "s"
+    lambda_dsm: NonNegative = 0.2
+    adaptive_max: Positive = 1000.0
+    keep_teacher: bool = False
+    preview_steps: list[int] = Field(default_factory=lambda: [1, 4])
+    trajectory_cache: bool = False
+    cache_size: Steps = 512
+    cache_batch: Steps = 16
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillConfig:
+        if self.w_min > self.w_max:
+            raise ValueError(f"need w_min <= w_max, got {self.w_min} > {self.w_max}")
+        return self
+
+
+class TrainSettings(CommandSettings, TeacherConfig):
+    """Settings of ``soundctm train`` (TOML table ``[train]``, env ``SOUNDCTM_TRAIN_*``): the
+    fields of :class:`TeacherConfig`."""
 
     command: ClassVar[str] = "train"
     model_config = SettingsConfigDict(
         env_prefix="SOUNDCTM_TRAIN_", env_nested_delimiter="__", extra="forbid"
     )
 
-    out: Path = Path("runs/teacher")
-    backbone: ComponentSetting = ComponentSetting(name="dit", params={"preset": "small"})
-    text_encoder: ComponentSetting = ComponentSetting(name="minilm")
-    autoencoder: ComponentSetting = ComponentSetting(name="mel")
-    dataset: ComponentSetting = ComponentSetting(name="synthcaps", params={"split": "train"})
-    valid_dataset: ComponentSetting | None = None
-    steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    lr: float = Field(default=2e-4, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    warmup_steps: int = Field(default=0, ge=0)
-    decay_steps: int = Field(default=0, ge=0)
-    ema_decay: float = Field(default=0.999, ge=0, le=1)
-    sigma_data: float = Field(default=0.5, gt=0)
-    seconds: float = Field(default=3.0, gt=0)
-    caption_dropout: float = Field(default=0.1, ge=0, lt=1)
-    p_mean: float = -1.2
-    p_std: float = Field(default=1.2, gt=0)
-    grad_clip: float = Field(default=1.0, gt=0)
-    grad_accum: int = Field(default=1, ge=1)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    save_every: int = Field(default=500, ge=1)
-    log_every: int = Field(default=10, ge=1)
-    keep_checkpoints: int = Field(default=3, ge=0)
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    num_workers: int = Field(default=0, ge=0)
-    mix_prob: float = Field(default=0.0, ge=0, le=1)
-    latent_cache: bool = False
-    heldout_clips: int = Field(default=32, ge=1)
-    preview_prompts: list[str] = Field(default_factory=list)
-    preview_steps: int = Field(default=18, ge=1)
-    omega: float = Field(default=3.0, ge=0)
-    tracker: str | None = None
 
-
-class DistillSettings(CommandSettings):
-    """Settings of ``soundctm distill`` (TOML table ``[distill]``, env ``SOUNDCTM_DISTILL_*``)."""
+class DistillSettings(CommandSettings, DistillConfig):
+    """Settings of ``soundctm distill`` (TOML table ``[distill]``, env ``SOUNDCTM_DISTILL_*``):
+    the fields of :class:`DistillConfig`."""
 
     command: ClassVar[str] = "distill"
     model_config = SettingsConfigDict(
         env_prefix="SOUNDCTM_DISTILL_", env_nested_delimiter="__", extra="forbid"
     )
-
-    out: Path = Path("runs/student")
-    teacher: Path | None = None
-    dataset: ComponentSetting = ComponentSetting(name="synthcaps", params={"split": "train"})
-    text_encoder: ComponentSetting | None = None
-    autoencoder: ComponentSetting | None = None
-    steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    lr: float = Field(default=8e-5, gt=0)
-    ema_decay: float = Field(default=0.999, ge=0, le=1)
-    grid_n: int = Field(default=40, ge=2)
-    k_distribution: Literal["linear", "uniform"] = "linear"
-    w_min: float = Field(default=1.0, ge=0)
-    w_max: float = Field(default=10.0, ge=0)
-    omega: float = Field(default=5.0, ge=0)
-    distance: Literal["feature", "l2", "l1", "pseudo-huber"] = "feature"
-    compare_at: Literal["s", "sigma_min"] = "s"
-    lambda_dsm: float = Field(default=0.2, ge=0)
-    adaptive_max: float = Field(default=1000.0, gt=0)
-    caption_dropout: float = Field(default=0.1, ge=0, lt=1)
-    p_mean: float = -1.2
-    p_std: float = Field(default=1.2, gt=0)
-    grad_clip: float = Field(default=1000.0, gt=0)
-    grad_accum: int = Field(default=1, ge=1)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    save_every: int = Field(default=500, ge=1)
-    log_every: int = Field(default=10, ge=1)
-    keep_checkpoints: int = Field(default=3, ge=0)
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    num_workers: int = Field(default=0, ge=0)
-    keep_teacher: bool = False
-    preview_prompts: list[str] = Field(default_factory=list)
-    preview_steps: list[int] = Field(default_factory=lambda: [1, 4])
-    tracker: str | None = None
-    trajectory_cache: bool = False
-    cache_size: int = Field(default=512, ge=1)
-    cache_batch: int = Field(default=16, ge=1)
 
 
 def _comma_list(value: Any) -> Any:

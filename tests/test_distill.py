@@ -11,13 +11,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from soundctm.cli.app import build_app
+from soundctm.config import DistillConfig, TeacherConfig
 from soundctm.engine.checkpoint import ComponentCard
 from soundctm.engine.ctm import CTM, STUDENT
 from soundctm.engine.pipeline import Pipeline
 from soundctm.errors import CheckpointError, DataError, InvalidArgumentError
 from soundctm.plugins.registry import get_registry
-from soundctm.training.distill import DistillSpec, build_student, distill
-from soundctm.training.teacher import TeacherSpec, train_teacher
+from soundctm.training.distill import build_student, distill
+from soundctm.training.teacher import train_teacher
 
 PROMPTS = ["a low tone", "a high tone", "a high tone", "a low tone"]
 SEEDS = [11, 12, 13, 14]
@@ -26,7 +27,7 @@ SEEDS = [11, 12, 13, 14]
 @pytest.fixture(scope="module")
 def toy_teacher_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    spec = TeacherSpec(
+    spec = TeacherConfig(
         out=out,
         backbone=ComponentCard(name="toy-conv", params={"hidden": 32}),
         text_encoder=ComponentCard(name="toy-hash", params={"dim": 16}),
@@ -43,7 +44,7 @@ def toy_teacher_dir(tmp_path_factory):
     return train_teacher(spec)
 
 
-def dspec(out: Path, teacher: Path, **overrides) -> DistillSpec:
+def dspec(out: Path, teacher: Path, **overrides) -> DistillConfig:
     values = dict(
         out=out,
         teacher=teacher,
@@ -60,13 +61,14 @@ def dspec(out: Path, teacher: Path, **overrides) -> DistillSpec:
         seed=2,
     )
     values.update(overrides)
-    return DistillSpec(**values)
+    return DistillConfig(**values)
 
 
 def metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_distillation_learns_to_jump(tmp_path, toy_teacher_dir):
     teacher = Pipeline.load(toy_teacher_dir)
     reference = teacher.generate(PROMPTS, seeds=SEEDS, steps=40, solver="heun", omega=2.0).audio

@@ -14,14 +14,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from soundctm.cli.app import build_app
+from soundctm.config import TeacherConfig
 from soundctm.engine.checkpoint import ComponentCard
 from soundctm.engine.pipeline import Pipeline
 from soundctm.errors import InvalidArgumentError
 from soundctm.training import teacher as teacher_mod
-from soundctm.training.teacher import TeacherSpec, TrainingDiverged, train_teacher
+from soundctm.training.teacher import TrainingDiverged, train_teacher
 
 
-def toy_spec(out: Path, **overrides) -> TeacherSpec:
+def toy_spec(out: Path, **overrides) -> TeacherConfig:
     values = dict(
         out=out,
         backbone=ComponentCard(name="toy-conv", params={"hidden": 32}),
@@ -40,7 +41,7 @@ def toy_spec(out: Path, **overrides) -> TeacherSpec:
         seed=1,
     )
     values.update(overrides)
-    return TeacherSpec(**values)
+    return TeacherConfig(**values)
 
 
 def metrics(out: Path) -> list[dict]:
@@ -117,7 +118,7 @@ def test_lr_schedule_warms_up_holds_and_decays_to_zero():
     assert rates[15:] == [1.0, 0.8, 0.6, 0.4, 0.2]  # lr * (steps - step) / decay
     assert lr_at(2, 1.0, 4, steps=4, decay=4) == 0.5  # decay never raises a warm-up rate
     with pytest.raises(InvalidArgumentError, match="decay_steps"):
-        toy_spec(Path("unused"), steps=10, decay_steps=11).validate()
+        toy_spec(Path("unused"), steps=10, decay_steps=11)
 
 
 def test_resume_with_a_longer_decayed_schedule_is_exact(tmp_path):

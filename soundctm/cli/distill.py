@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from soundctm.cli.common import console, err_console, handle_errors
+from soundctm.cli.common import console, handle_errors
+from soundctm.cli.train import run_training
 from soundctm.config import DistillSettings, load_settings
 from soundctm.errors import InvalidArgumentError
 
@@ -109,18 +110,9 @@ def distill(
         raise InvalidArgumentError(
             "no teacher given; pass --teacher DIR (a checkpoint folder from `soundctm train`)"
         )
-    from soundctm.cli.progress import TrainProgress
-    from soundctm.engine.checkpoint import ComponentCard
-    from soundctm.training.distill import DistillSpec
     from soundctm.training.distill import distill as run_distill
 
-    data = settings.model_dump()
-    for key in ("dataset", "text_encoder", "autoencoder"):
-        if data[key] is not None:
-            data[key] = ComponentCard(**data[key])
-    spec = DistillSpec(**data)
-    with TrainProgress(err_console) as progress:
-        final = run_distill(spec, resume=resume_from or resume or None, callback=progress)
+    final = run_training(run_distill, settings, resume_from or resume or None)
     console.print(
         f'done: {final} (try: soundctm sample "..." --model {final}, then soundctm refine)',
         highlight=False,

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from soundctm.cli.common import console, err_console, handle_errors
-from soundctm.config import TrainSettings, load_settings
+from soundctm.config import TrainingConfig, TrainSettings, load_settings
+
+
+def run_training(
+    train: Callable[..., Path], settings: TrainingConfig, resume: Path | bool | None
+) -> Path:
+    """Run ``train(settings, resume=..., callback=...)`` under the training progress display;
+    returns the last checkpoint (shared by ``train`` and ``distill``)."""
+    from soundctm.cli.progress import TrainProgress
+
+    with TrainProgress(err_console) as progress:
+        return train(settings, resume=resume, callback=progress)
 
 
 @handle_errors
@@ -90,17 +102,9 @@ def train(
         latent_cache=latent_cache,
         tracker=tracker,
     )
-    from soundctm.cli.progress import TrainProgress
-    from soundctm.engine.checkpoint import ComponentCard
-    from soundctm.training.teacher import TeacherSpec, train_teacher
+    from soundctm.training.teacher import train_teacher
 
-    data = settings.model_dump()
-    for key in ("backbone", "text_encoder", "autoencoder", "dataset", "valid_dataset"):
-        if data[key] is not None:
-            data[key] = ComponentCard(**data[key])
-    spec = TeacherSpec(**data)
-    with TrainProgress(err_console) as progress:
-        final = train_teacher(spec, resume=resume_from or resume or None, callback=progress)
+    final = run_training(train_teacher, settings, resume_from or resume or None)
     console.print(
         f'done: {final} (sample it with: soundctm sample "..." --model {final})',
         highlight=False,

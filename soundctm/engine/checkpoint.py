@@ -22,6 +22,7 @@ from torch import Tensor
 
 from soundctm._version import __version__
 from soundctm.engine.files import write_dir_atomic
+from soundctm.engine.specs import ComponentSpec
 from soundctm.errors import CheckpointError
 
 CARD_FILE = "model.json"
@@ -31,15 +32,9 @@ METADATA_KEY = "soundctm.card"
 COMPONENT_KINDS = ("backbone", "text_encoder", "autoencoder")
 
 
-class ComponentCard(BaseModel):
-    """One component: the registered plugin name and the parameters its factory takes."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict)
-    file: str | None = None
-    sha256: str | None = None
+#: A component of a card (``{name, params, file, sha256}``): the one component-spec type that
+#: settings use too (:class:`soundctm.engine.specs.ComponentSpec`).
+ComponentCard = ComponentSpec
 
 
 class SamplingDefaults(BaseModel):

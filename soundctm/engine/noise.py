@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-MAX_SEED = 2**63 - 1
+from soundctm.engine.specs import MAX_SEED
 
 
 def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from torch import Tensor
 
-from soundctm.engine.schedule import gamma_target
+from soundctm.engine.schedule import append_dims, gamma_target
 from soundctm.events import Callback, SolverStep, emit
 
 NoiseFn = Callable[[Tensor], Tensor]
@@ -50,9 +50,38 @@ def _floats(sigmas: Any) -> list[float]:
     return [float(s) for s in sigmas]
 
 
-def to_d(x: Tensor, sigma: float, denoised: Tensor) -> Tensor:
-    """The probability-flow ODE derivative ``dx/dsigma = (x - D(x, sigma)) / sigma`` (EDM eq. 3)."""
-    return (x - denoised) / sigma
+def _levels(sigmas: Any) -> list[Any]:
+    """The noise levels of a grid: floats, or for a 2-D tensor ``[steps + 1, B]`` (per-sample
+    levels, as in the teacher solves of distillation, method.md §4.3) one ``[B]`` row each."""
+    if isinstance(sigmas, Tensor) and sigmas.ndim == 2:
+        return list(sigmas.unbind(0))
+    return _floats(sigmas)
+
+
+def _per_sample(value: Any, x: Tensor) -> Any:
+    """A per-sample ``[B]`` level shaped to broadcast against ``x``; a float stays a float."""
+    return append_dims(value, x.ndim) if isinstance(value, Tensor) else value
+
+
+def _nonzero(sigma: Any) -> bool:
+    """Whether the level (every level, for a per-sample vector) is non-zero."""
+    if not isinstance(sigma, Tensor):
+        return sigma != 0.0
+    zero = sigma == 0
+    if bool(zero.any()) and not bool(zero.all()):
+        raise ValueError("per-sample noise levels must all be zero or all non-zero at a step")
+    return not bool(zero.any())
+
+
+def _largest(sigma: Any) -> float:
+    """A level for a progress event (the largest of a per-sample vector)."""
+    return float(sigma.max()) if isinstance(sigma, Tensor) else sigma
+
+
+def to_d(x: Tensor, sigma: Any, denoised: Tensor) -> Tensor:
+    """The probability-flow ODE derivative ``dx/dsigma = (x - D(x, sigma)) / sigma`` (EDM eq. 3);
+    ``sigma`` is a float or a per-sample ``[B]`` tensor."""
+    return (x - denoised) / _per_sample(sigma, x)
 
 
 @solver(grid="ctm", requires="jump")
@@ -122,19 +151,23 @@ def sample_heun(
     """EDM's deterministic 2nd-order Heun sampler (Karras et al. 2022, algorithm 1).
 
     An Euler step to ``sigma_{i+1}`` is corrected with the average of the two slopes; the last step
-    to sigma = 0 is plain Euler.
+    to sigma = 0 is plain Euler. ``sigmas`` is one grid for the whole batch or, for the teacher
+    solves of distillation (method.md §4.3), a 2-D tensor ``[steps + 1, B]`` whose column ``b``
+    is the grid of sample ``b``; ``model.denoise`` then receives ``[B]`` levels.
     """
-    grid = _floats(sigmas)
+    grid = _levels(sigmas)
     steps = len(grid) - 1
     for i in range(steps):
         t, nxt = grid[i], grid[i + 1]
+        h = _per_sample(nxt - t, x)
         d = to_d(x, t, model.denoise(x, t))
-        x_next = x + (nxt - t) * d
-        if nxt != 0.0:
+        x_next = x + h * d
+        if _nonzero(nxt):
             d_next = to_d(x_next, nxt, model.denoise(x_next, nxt))
-            x_next = x + (nxt - t) * (d + d_next) / 2
+            x_next = x + h * (d + d_next) / 2
         x = x_next
-        emit(callback, SolverStep(i + 1, steps, t, nxt))
+        if callback is not None:
+            emit(callback, SolverStep(i + 1, steps, _largest(t), _largest(nxt)))
     return x
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from soundctm.engine.schedule import append_dims
+from soundctm.engine.solvers import sample_heun
 from soundctm.errors import InvalidArgumentError
 from soundctm.training.losses import sample_edm_sigmas
 
@@ -123,7 +123,8 @@ def teacher_solve(
     grid[start_b + k]`` (method.md §4.3). Each step is an Euler step
     ``x' = x + (sigma' - sigma) d`` with ``d = (x - D(x, sigma)) / sigma`` corrected by the slope
     at ``x'``: ``x <- x + (sigma' - sigma) (d + d') / 2``. The training grid ends at
-    ``sigma_min > 0``, so every step has the second-order correction.
+    ``sigma_min > 0``, so every step has the second-order correction. The steps are those of
+    :func:`soundctm.engine.solvers.sample_heun`, given the per-sample levels.
 
     ``denoise(x, sigma)`` takes ``sigma`` of shape ``[B]`` and returns ``D(x, sigma)``; the caller
     makes it guided and runs this under ``torch.no_grad()``. ``start`` is an int64 tensor
@@ -148,14 +149,16 @@ def teacher_solve(
     idx = idx.to(x.device)
     if float(sig[idx + k].min()) <= 0.0:
         raise InvalidArgumentError("teacher_solve needs a grid of positive noise levels")
-    for m in range(k):
-        t, nxt = sig[idx + m], sig[idx + m + 1]
-        t_, h = append_dims(t, x.ndim), append_dims(nxt - t, x.ndim)
-        d = (x - denoise(x, t)) / t_
-        x_euler = x + h * d
-        d_next = (x_euler - denoise(x_euler, nxt)) / append_dims(nxt, x.ndim)
-        x = x + h * (d + d_next) / 2
-    return x
+    # column b walks grid[start_b], ..., grid[start_b + k]: the solver module's Heun, per sample
+    levels = sig[idx[None, :] + torch.arange(k + 1, device=x.device)[:, None]]
+    return sample_heun(_Denoise(denoise), x, levels)
+
+
+class _Denoise:
+    """A ``denoise(x, sigma)`` callable as the model object the solvers take."""
+
+    def __init__(self, denoise: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.denoise = denoise
 
 
 # ---------------------------------------------------------------------------- DSM (§4.6)

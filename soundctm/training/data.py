@@ -8,6 +8,7 @@ disjoint share of every global batch.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from soundctm.engine.files import write_dir_atomic
-from soundctm.errors import DataError
+from soundctm.engine.specs import ComponentSpec
+from soundctm.errors import DataError, InvalidArgumentError
+from soundctm.plugins.registry import Registry
 from soundctm.training.rng import derive_seed, generator
 
 
@@ -206,3 +209,44 @@ class LatentCacheDataset(Dataset):
 def dataset_fingerprint(*parts: Any) -> int:
     """A stable number identifying a configuration (for cache validation)."""
     return derive_seed(json.dumps(parts, sort_keys=True, default=str))
+
+
+def build_dataset(registry: Registry, card: ComponentSpec, sample_rate: int, seconds: float) -> Any:
+    """Build a data set, passing the model's sample rate and clip length where it takes them."""
+    factory = registry.load("dataset", card.name)
+    params = dict(card.params)
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    for key, value in (("sample_rate", sample_rate), ("seconds", seconds)):
+        if key in accepted:
+            if key in params and float(params[key]) != float(value):
+                raise InvalidArgumentError(
+                    f"dataset {card.name!r} has {key} = {params[key]} but the model uses "
+                    f"{value}; drop {key} from the dataset parameters"
+                )
+            params[key] = value
+    dataset = registry.build("dataset", card.name, **params)
+    if len(dataset) == 0:
+        raise DataError(f"dataset {card.name!r} {card.params} is empty; nothing to train on")
+    rate = getattr(dataset, "sample_rate", sample_rate)
+    if rate != sample_rate:
+        raise DataError(
+            f"dataset {card.name!r} yields {rate} Hz audio but the autoencoder "
+            f"expects {sample_rate} Hz"
+        )
+    return dataset
+
+
+def dataset_report(dataset: Any) -> list[str]:
+    """Lines about a data set: the clips it skipped and its summary, where it offers them."""
+    summary = getattr(dataset, "summary", None)
+    lines = []
+    for problem in getattr(dataset, "problems", []) or []:
+        lines.append(
+            f"skipped {getattr(problem, 'path', problem)}: {getattr(problem, 'reason', '')}"
+        )
+    if callable(summary):
+        lines.append(str(summary()))
+    return lines

@@ -12,10 +12,8 @@ RAdam, gradient clip, EMA target update after each step. The student starts from
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from soundctm._version import __version__
+from soundctm.config import DistillConfig
 from soundctm.engine.checkpoint import ComponentCard, SamplingDefaults, card_sha256
+from soundctm.engine.components import last_layer, teacher_features
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.ctm import CTM, STUDENT, TEACHER, ctm_jump
 from soundctm.engine.guidance import GuidedModel
@@ -31,12 +31,14 @@ from soundctm.engine.pipeline import Pipeline
 from soundctm.engine.schedule import append_dims, c_in, c_noise, karras_sigmas
 from soundctm.engine.weights import init_student_from_teacher
 from soundctm.errors import CheckpointError, InvalidArgumentError, PluginError
-from soundctm.events import Callback, CheckpointSaved, Message, emit
+from soundctm.events import Callback, Message, emit
 from soundctm.plugins.registry import Registry, get_registry
 from soundctm.training.ctm_losses import (
     adaptive_weight,
+    ctm_target_time,
     dsm_sigmas,
     feature_distance,
+    grid_times,
     l1_distance,
     l2_distance,
     pseudo_huber_distance,
@@ -45,102 +47,18 @@ from soundctm.training.ctm_losses import (
     sample_omega,
     teacher_solve,
 )
-from soundctm.training.data import drop_captions
-from soundctm.training.ema import ema_update
-from soundctm.training.loop import (
-    check_finite,
-    make_accelerator,
-    point_latest,
-    prune,
-    resolve_resume,
-    rewind_jsonl,
-    start_run,
-    write_previews,
-)
+from soundctm.training.data import build_dataset, drop_captions
+from soundctm.training.fit import Run, StepOutput, fit, prepare_run
+from soundctm.training.fit import resume as resume_state
 from soundctm.training.losses import edm_denoising_loss
-from soundctm.training.rng import generator
-from soundctm.training.state import load_state, save_state
-from soundctm.training.teacher import build_dataset
+from soundctm.training.rng import generator, seeded_init
 from soundctm.training.trajectories import TrajectoryCache, build_trajectory_cache
 from soundctm.training.trajectories import cache_matches as trajectory_cache_matches
 
 DISTANCES = ("feature", "l2", "l1", "pseudo-huber")
 
 
-@dataclass
-class DistillSpec:
-    """Everything that defines a distillation run (defaults as published for the DiT)."""
-
-    out: Path
-    teacher: Path
-    dataset: ComponentCard
-    text_encoder: ComponentCard | None = None  # must match the teacher's if given
-    autoencoder: ComponentCard | None = None  # must match the teacher's if given
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 8e-5
-    ema_decay: float = 0.999
-    grid_n: int = 40
-    k_distribution: str = "linear"
-    w_min: float = 1.0
-    w_max: float = 10.0
-    omega: float = 5.0
-    distance: str = "feature"
-    compare_at: str = "s"
-    lambda_dsm: float = 0.2
-    adaptive_max: float = 1000.0
-    caption_dropout: float = 0.1
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    grad_clip: float = 1000.0
-    grad_accum: int = 1
-    mixed_precision: str = "no"
-    save_every: int = 500
-    log_every: int = 10
-    keep_checkpoints: int = 3
-    seed: int = 0
-    num_workers: int = 0
-    keep_teacher: bool = False
-    preview_prompts: list[str] = field(default_factory=list)
-    preview_steps: list[int] = field(default_factory=lambda: [1, 4])
-    tracker: str | None = None
-    trajectory_cache: bool = False
-    cache_size: int = 512
-    cache_batch: int = 16
-
-    def validate(self) -> None:
-        """Refuse impossible settings with one clear line."""
-        checks = [
-            (self.steps >= 1, "steps must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 <= self.ema_decay <= 1, "ema_decay must be in [0, 1]"),
-            (self.grid_n >= 2, "grid_n must be >= 2"),
-            (self.k_distribution in {"linear", "uniform"}, "k_distribution: linear or uniform"),
-            (0 <= self.w_min <= self.w_max, "need 0 <= w_min <= w_max"),
-            (self.distance in DISTANCES, f"distance must be one of {', '.join(DISTANCES)}"),
-            (self.compare_at in {"s", "sigma_min"}, "compare_at must be s or sigma_min"),
-            (self.lambda_dsm >= 0, "lambda_dsm must be >= 0"),
-            (0 <= self.caption_dropout < 1, "caption_dropout must be in [0, 1)"),
-            (self.grad_accum >= 1, "grad_accum must be >= 1"),
-            (self.save_every >= 1 and self.log_every >= 1, "save_every/log_every must be >= 1"),
-            (
-                self.mixed_precision in {"no", "bf16", "fp16"},
-                "mixed_precision must be no, bf16 or fp16",
-            ),
-            (self.cache_size >= 1 and self.cache_batch >= 1, "cache_size/cache_batch must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidArgumentError(message)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["out"], data["teacher"] = str(self.out), str(self.teacher)
-        return json.loads(json.dumps(data, default=str))
-
-
-def load_teacher(path: Path, spec: DistillSpec, registry: Registry, device: Any) -> Pipeline:
+def load_teacher(path: Path, spec: DistillConfig, registry: Registry, device: Any) -> Pipeline:
     """Load and check the teacher checkpoint."""
     if not Path(path).exists():
         raise CheckpointError(
@@ -183,11 +101,12 @@ def build_student(teacher: Pipeline, registry: Registry) -> tuple[nn.Module, lis
     return student, fresh
 
 
-def last_layer(backbone: nn.Module) -> Tensor:
-    """The weight of the network's last layer (for the adaptive DSM weight): the backbone's
-    ``last_layer`` attribute, else its last parameter with two or more dimensions."""
-    layer = getattr(backbone, "last_layer", None)
-    if isinstance(layer, Tensor):
+def adaptive_layer(backbone: nn.Module) -> Tensor:
+    """The weight ``W`` of the adaptive DSM weight (method.md §4.7): the backbone's declared
+    last layer (:func:`~soundctm.engine.components.last_layer`), else its last parameter with
+    two or more dimensions."""
+    layer = last_layer(backbone)
+    if layer is not None:
         return layer
     matrices = [p for p in backbone.parameters() if p.ndim >= 2]
     if not matrices:
@@ -195,7 +114,9 @@ def last_layer(backbone: nn.Module) -> Tensor:
     return matrices[-1]
 
 
-def teacher_features(teacher: CTM, x: Tensor, sigma: Tensor, cond: Conditioning) -> list[Tensor]:
+def teacher_feature_maps(
+    teacher: CTM, x: Tensor, sigma: Tensor, cond: Conditioning
+) -> list[Tensor]:
     """The frozen teacher's feature maps of ``x`` at noise level ``sigma``: the input is scaled by
     ``c_in(sigma)`` and the teacher conditioned on ``c_noise(sigma)`` (method.md §4.5)."""
     scaled = append_dims(c_in(sigma, teacher.sigma_data), x.ndim) * x
@@ -203,30 +124,31 @@ def teacher_features(teacher: CTM, x: Tensor, sigma: Tensor, cond: Conditioning)
 
 
 def distill(
-    spec: DistillSpec,
+    spec: DistillConfig,
     *,
     resume: Path | bool | None = None,
     callback: Callback | None = None,
     registry: Registry | None = None,
 ) -> Path:
     """Distil a SoundCTM student from ``spec.teacher``; returns the last checkpoint folder."""
-    spec.validate()
+    return fit(distill_run(spec, resume, callback, registry), callback)
+
+
+def distill_run(
+    spec: DistillConfig, resume: Path | bool | None, callback: Callback | None, registry: Any
+) -> Run:
+    """Build the distillation run of ``spec`` (see :func:`distill`)."""
+    if spec.teacher is None:
+        raise InvalidArgumentError("teacher is not set; give the teacher's checkpoint folder")
     registry = registry or get_registry()
     registry.get("dataset", spec.dataset.name)
-    accelerator = make_accelerator(
-        mixed_precision=spec.mixed_precision,
-        grad_accum=spec.grad_accum,
-        tracker=spec.tracker,
-        out=spec.out,
-    )
+    accelerator, state_path = prepare_run(spec, resume)
     device, main = accelerator.device, accelerator.is_main_process
-    out = Path(spec.out)
-    state_path = resolve_resume(out, resume, main=main)
 
     teacher = load_teacher(Path(spec.teacher), spec, registry, device)
     tcard = teacher.card
-    torch.manual_seed(spec.seed)
-    student_backbone, fresh = build_student(teacher, registry)
+    with seeded_init(spec.seed):  # fresh student parameters (see seeded_init)
+        student_backbone, fresh = build_student(teacher, registry)
     emit(
         callback,
         Message(
@@ -237,24 +159,17 @@ def distill(
     target = CTM(copy.deepcopy(student_backbone), tcard.sigma_data, STUDENT).to(device)
     target.eval().requires_grad_(False)
     optimizer = torch.optim.RAdam(student.parameters(), lr=spec.lr)
-
     start = 0
     if state_path is not None:
-        meta, model_state, ema_state, optim_state = load_state(state_path)
-        old = meta.get("spec", {})
-        for key in ("teacher", "batch_size", "grad_accum", "seed", "grid_n"):
-            if key in old and old[key] != spec.to_json()[key]:
-                raise InvalidArgumentError(
-                    f"cannot resume: {key} was {old[key]} in the saved run but is "
-                    f"{spec.to_json()[key]} now; use the run's original settings"
-                )
-        student.backbone.load_state_dict(model_state)
-        target.backbone.load_state_dict(ema_state)
-        optimizer.load_state_dict(optim_state)
-        start = int(meta["step"])
-        emit(callback, Message(f"resuming from {state_path} at step {start}"))
-        if main:
-            rewind_jsonl(out / "metrics.jsonl", start)
+        start = resume_state(
+            state_path,
+            spec,
+            model=student.backbone,
+            ema=target.backbone,
+            optimizer=optimizer,
+            main=main,
+            callback=callback,
+        )
 
     dataset = build_dataset(registry, spec.dataset, tcard.sample_rate, tcard.seconds)
     summary = getattr(dataset, "summary", None)
@@ -268,70 +183,16 @@ def distill(
         "l1": l1_distance,
         "pseudo-huber": pseudo_huber_distance,
     }.get(spec.distance)
-    if spec.distance == "feature" and not hasattr(teacher.ctm.backbone, "features"):
+    if spec.distance == "feature" and not teacher_features(teacher.ctm.backbone):
         raise PluginError(
             f"backbone {tcard.components['backbone'].name!r} has no features(); use "
             "distance = l2, l1 or pseudo-huber"
         )
+    traj = trajectory_cache(spec, teacher, dataset, grid, accelerator, callback)
+    rank = accelerator.process_index
 
-    traj = None
-    if spec.trajectory_cache:
-        fp = {
-            "teacher": card_sha256(Path(spec.teacher)),
-            "grid_n": spec.grid_n,
-            "size": spec.cache_size,
-            "w": [spec.w_min, spec.w_max],
-            "dropout": spec.caption_dropout,
-            "seed": spec.seed,
-            "dataset": spec.dataset.model_dump(),
-        }
-        cache_dir = out / "trajectory_cache"
-        if main and not trajectory_cache_matches(cache_dir, fp):
-            emit(
-                callback,
-                Message(
-                    f"solving the teacher's ODE for {spec.cache_size} "
-                    f"trajectories x {spec.grid_n} grid points into {cache_dir}"
-                ),
-            )
-            n_caps = min(len(dataset), spec.cache_size)
-            captions = [str(dataset[i]["caption"]) for i in range(n_caps)]
-            t0 = time.perf_counter()
-            build_trajectory_cache(
-                teacher,
-                captions,
-                cache_dir,
-                grid=grid,
-                size=spec.cache_size,
-                w_min=spec.w_min,
-                w_max=spec.w_max,
-                caption_dropout=spec.caption_dropout,
-                seed=spec.seed,
-                fingerprint=fp,
-                batch_size=spec.cache_batch,
-            )
-            emit(callback, Message(f"trajectory cache built in {time.perf_counter() - t0:.1f} s"))
-        accelerator.wait_for_everyone()
-        traj = TrajectoryCache(cache_dir)
-
-    model, optimizer = accelerator.prepare(student, optimizer)
-    rank, accum = accelerator.process_index, spec.grad_accum
-    n_params = sum(p.numel() for p in student.backbone.parameters())
-    loader, window = start_run(
-        accelerator,
-        dataset,
-        spec,
-        name="soundctm-distill",
-        start=start,
-        parameters=n_params,
-        callback=callback,
-    )
-    last_ckpt: Path | None = None
-    grad_norm = torch.tensor(0.0)
-    t_fetch = time.perf_counter()
-    for micro, batch in enumerate(loader, start=start * accum):
-        window.wait += time.perf_counter() - t_fetch
-        step = micro // accum
+    def step(model: nn.Module, batch: dict[str, Any], micro: int) -> StepOutput:
+        """One CTM distillation iteration (method.md §4, see the module docstring)."""
         g = generator(spec.seed, "micro", micro, rank)
         k = sample_k(spec.grid_n, generator(spec.seed, "k", micro), spec.k_distribution)
         with torch.no_grad():
@@ -341,7 +202,7 @@ def distill(
         with torch.no_grad():
             cond_dsm = teacher.encode_text(captions).to(device)
         i_idx, s_idx = sample_grid_indices(b, spec.grid_n, k, g)
-        t, u, s = grid[i_idx].to(device), grid[i_idx + k].to(device), grid[s_idx].to(device)
+        t, u, s = grid_times(grid.to(device), i_idx, k, s_idx)
         omega_dsm = sample_omega(b, spec.w_min, spec.w_max, g).to(device)
         eps = torch.randn(x0.shape, generator=g).to(device)
         sigma_d = dsm_sigmas(b, g, grid, spec.p_mean, spec.p_std).to(device)
@@ -365,6 +226,7 @@ def distill(
             with torch.no_grad():
                 cond = teacher.encode_text([traj.captions[int(q)] for q in m]).to(device)
             omega = traj.omegas[m].to(device)
+        at = ctm_target_time(s, sigma_min, spec.compare_at)
         with torch.inference_mode():
             x_u = x_u.float()
             tgt = target.jump(x_u, u, s, cond, omega)
@@ -373,84 +235,128 @@ def distill(
         tgt = tgt.clone()  # leave inference mode
         solve_time = time.perf_counter() - t_solve
 
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                g_all = model(
-                    torch.cat([x_t, x_d]),
-                    torch.cat([t, sigma_d]),
-                    torch.cat([s, sigma_d]),
-                    cond.cat(cond_dsm),
-                    torch.cat([omega, omega_dsm]),
-                )
-            g_est, denoised = g_all[:b].float(), g_all[b:].float()
-            estimate = ctm_jump(x_t, g_est, t, s)
-            at = s
-            if spec.compare_at == "sigma_min":
-                estimate = target.jump(estimate, s, sigma_min, cond, omega)
-                at = torch.full_like(s, sigma_min)
-            if distance is None:
-                with torch.no_grad():
-                    feats_target = teacher_features(teacher.ctm, tgt, at, cond)
-                feats_est = teacher_features(teacher.ctm, estimate, at, cond)
-                loss_ctm = feature_distance(feats_est, feats_target).mean()
-            else:
-                loss_ctm = distance(estimate, tgt).mean()
-            loss_dsm = edm_denoising_loss(denoised, x0, sigma_d, tcard.sigma_data)
-            if spec.lambda_dsm > 0:
-                a = adaptive_weight(
-                    loss_ctm,
-                    loss_dsm,
-                    last_layer(accelerator.unwrap_model(model).backbone),
-                    spec.adaptive_max,
-                )
-            else:
-                a = torch.zeros(())
-            loss = loss_ctm + spec.lambda_dsm * a * loss_dsm
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        loss_value = float(accelerator.gather(loss.detach()[None]).mean())
-        check_finite(loss_value, step + 1, last_ckpt)
-        window.add(
-            loss=loss_value,
-            loss_ctm=float(loss_ctm.detach()),
-            loss_dsm=float(loss_dsm.detach()),
-            adaptive_weight=float(a),
-            k=float(k),
-            grad_norm=float(grad_norm),
+        with accelerator.autocast():
+            g_all = model(
+                torch.cat([x_t, x_d]),
+                torch.cat([t, sigma_d]),
+                torch.cat([s, sigma_d]),
+                cond.cat(cond_dsm),
+                torch.cat([omega, omega_dsm]),
+            )
+        g_est, denoised = g_all[:b].float(), g_all[b:].float()
+        estimate = ctm_jump(x_t, g_est, t, s)
+        if spec.compare_at == "sigma_min":
+            estimate = target.jump(estimate, s, sigma_min, cond, omega)
+        if distance is None:
+            with torch.no_grad():
+                feats_target = teacher_feature_maps(teacher.ctm, tgt, at, cond)
+            feats_est = teacher_feature_maps(teacher.ctm, estimate, at, cond)
+            loss_ctm = feature_distance(feats_est, feats_target).mean()
+        else:
+            loss_ctm = distance(estimate, tgt).mean()
+        loss_dsm = edm_denoising_loss(denoised, x0, sigma_d, tcard.sigma_data)
+        if spec.lambda_dsm > 0:
+            layer = adaptive_layer(accelerator.unwrap_model(model).backbone)
+            a = adaptive_weight(loss_ctm, loss_dsm, layer, spec.adaptive_max)
+        else:
+            a = torch.zeros(())
+        return StepOutput(
+            loss_ctm + spec.lambda_dsm * a * loss_dsm,
+            {
+                "loss_ctm": float(loss_ctm.detach()),
+                "loss_dsm": float(loss_dsm.detach()),
+                "adaptive_weight": float(a),
+                "k": float(k),
+            },
+            {"teacher": solve_time},
         )
-        window.time("teacher", solve_time)
-        if not accelerator.sync_gradients:
-            t_fetch = time.perf_counter()
-            continue
-        ema_update(target.backbone, accelerator.unwrap_model(model).backbone, spec.ema_decay)
-        done = step + 1
-        if done % spec.log_every == 0 or done == spec.steps:
-            window.flush(done, optimizer.param_groups[0]["lr"], callback)
-        if done % spec.save_every == 0 or done == spec.steps:
-            accelerator.wait_for_everyone()
-            if main:
-                last_ckpt = _save(
-                    spec,
-                    teacher,
-                    target,
-                    accelerator.unwrap_model(model),
-                    optimizer,
-                    done,
-                    callback,
-                )
-            accelerator.wait_for_everyone()
-        t_fetch = time.perf_counter()
 
-    if spec.tracker and main:
-        accelerator.end_training()
-    return last_ckpt or out / "checkpoints" / f"step-{spec.steps:07d}"
+    def snapshot(weights: nn.Module, at: int) -> Pipeline:
+        snap = Pipeline(
+            student_card(spec, teacher, at),
+            weights,
+            teacher.text_encoder,
+            teacher.autoencoder,
+            registry=teacher.registry,
+        )
+        snap.device = teacher.device
+        return snap
+
+    def after_checkpoint(snap: Pipeline, ckpt: Path, at: int) -> None:
+        if spec.keep_teacher:
+            shutil.copytree(
+                Path(str(spec.teacher)), ckpt / "teacher", symlinks=False, dirs_exist_ok=True
+            )
+
+    return Run(
+        config=spec,
+        name="soundctm-distill",
+        accelerator=accelerator,
+        model=student,
+        ema=target.backbone,
+        optimizer=optimizer,
+        dataset=dataset,
+        step=step,
+        snapshot=snapshot,
+        ema_decay=lambda at: spec.ema_decay,
+        previews=[{"steps": n} for n in spec.preview_steps],
+        after_checkpoint=after_checkpoint,
+        start=start,
+    )
 
 
-def student_card(spec: DistillSpec, teacher: Pipeline, step: int) -> Any:
+def trajectory_cache(
+    spec: DistillConfig,
+    teacher: Pipeline,
+    dataset: Any,
+    grid: Tensor,
+    accelerator: Any,
+    callback: Callback | None,
+) -> TrajectoryCache | None:
+    """The run's trajectory cache (built on the main process if missing or stale), or ``None``
+    for on-line distillation."""
+    if not spec.trajectory_cache:
+        return None
+    fp = {
+        "teacher": card_sha256(Path(str(spec.teacher))),
+        "grid_n": spec.grid_n,
+        "size": spec.cache_size,
+        "w": [spec.w_min, spec.w_max],
+        "dropout": spec.caption_dropout,
+        "seed": spec.seed,
+        "dataset": spec.dataset.model_dump(),
+    }
+    cache_dir = Path(spec.out) / "trajectory_cache"
+    if accelerator.is_main_process and not trajectory_cache_matches(cache_dir, fp):
+        emit(
+            callback,
+            Message(
+                f"solving the teacher's ODE for {spec.cache_size} "
+                f"trajectories x {spec.grid_n} grid points into {cache_dir}"
+            ),
+        )
+        n_caps = min(len(dataset), spec.cache_size)
+        captions = [str(dataset[i]["caption"]) for i in range(n_caps)]
+        t0 = time.perf_counter()
+        build_trajectory_cache(
+            teacher,
+            captions,
+            cache_dir,
+            grid=grid,
+            size=spec.cache_size,
+            w_min=spec.w_min,
+            w_max=spec.w_max,
+            caption_dropout=spec.caption_dropout,
+            seed=spec.seed,
+            fingerprint=fp,
+            batch_size=spec.cache_batch,
+        )
+        emit(callback, Message(f"trajectory cache built in {time.perf_counter() - t0:.1f} s"))
+    accelerator.wait_for_everyone()
+    return TrajectoryCache(cache_dir)
+
+
+def student_card(spec: DistillConfig, teacher: Pipeline, step: int) -> Any:
     """The model card of the student: a CTM that names its teacher."""
     card = teacher.card.model_copy(deep=True)
     card.kind = STUDENT  # type: ignore[assignment]
@@ -459,7 +365,7 @@ def student_card(spec: DistillSpec, teacher: Pipeline, step: int) -> Any:
         name=comp.name, params={**comp.params, "student": True}
     )
     card.defaults = SamplingDefaults(solver="gamma", steps=1, gamma=0.0, nu=1.0, omega=spec.omega)
-    teacher_path = Path(spec.teacher)
+    teacher_path = Path(str(spec.teacher))
     card.provenance = {
         "distilled_with": f"soundctm {__version__} distill",
         "step": step,
@@ -471,43 +377,3 @@ def student_card(spec: DistillSpec, teacher: Pipeline, step: int) -> Any:
         "seed": spec.seed,
     }
     return card
-
-
-def _save(
-    spec: DistillSpec,
-    teacher: Pipeline,
-    target: CTM,
-    student: CTM,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    callback: Callback | None,
-) -> Path:
-    out = Path(spec.out)
-    card = student_card(spec, teacher, step)
-    snapshot = Pipeline(
-        card, target.backbone, teacher.text_encoder, teacher.autoencoder, registry=teacher.registry
-    )
-    snapshot.device = teacher.device
-    ckpt = snapshot.save(out / "checkpoints" / f"step-{step:07d}")
-    if spec.keep_teacher:
-        shutil.copytree(Path(spec.teacher), ckpt / "teacher", symlinks=False, dirs_exist_ok=True)
-    save_state(
-        out / "state" / f"step-{step:07d}",
-        step=step,
-        model=student.backbone.state_dict(),
-        ema=target.backbone.state_dict(),
-        optimizer=optimizer.state_dict(),
-        extra={"spec": spec.to_json(), "soundctm_version": __version__},
-    )
-    if spec.preview_prompts:
-        write_previews(
-            snapshot,
-            spec.preview_prompts,
-            out / "previews" / f"step-{step:07d}",
-            ckpt,
-            settings=[{"steps": n} for n in spec.preview_steps],
-        )
-    prune(out, spec.keep_checkpoints)
-    point_latest(out, ckpt)
-    emit(callback, CheckpointSaved(step, str(ckpt)))
-    return ckpt

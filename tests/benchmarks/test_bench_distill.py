@@ -11,10 +11,11 @@ import json
 import pytest
 import torch
 
+from soundctm.config import DistillConfig
 from soundctm.engine.checkpoint import ComponentCard
 from soundctm.engine.guidance import GuidedModel
 from soundctm.engine.pipeline import Pipeline
-from soundctm.training.distill import DistillSpec, distill
+from soundctm.training.distill import distill
 
 SECONDS = 1.0  # 100 mel frames + the time token = 101 tokens (SynthCaps clips last >= 1 s)
 BATCH = 32
@@ -77,7 +78,7 @@ def test_guided_teacher_eval_optimised(benchmark, teacher):
 def test_distillation_step(benchmark, teacher, tmp_path, mode):
     _, path = teacher
     steps = 3
-    spec = DistillSpec(
+    spec = DistillConfig(
         out=tmp_path / mode,
         teacher=path,
         dataset=ComponentCard(name="synthcaps", params={"size": 2000}),

@@ -12,12 +12,13 @@ import time
 import pytest
 import torch
 
+from soundctm.config import DistillConfig, TeacherConfig
 from soundctm.engine.checkpoint import ComponentCard
 from soundctm.engine.ctm import STUDENT
 from soundctm.engine.pipeline import Pipeline
 from soundctm.plugins.registry import get_registry
-from soundctm.training.distill import DistillSpec, build_student, distill
-from soundctm.training.teacher import TeacherSpec, train_teacher
+from soundctm.training.distill import build_student, distill
+from soundctm.training.teacher import train_teacher
 
 PROMPTS = ["a low tone", "a high tone"] * 8
 SEEDS = list(range(100, 116))
@@ -27,7 +28,7 @@ STEPS = 150
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    spec = TeacherSpec(
+    spec = TeacherConfig(
         out=out,
         backbone=ComponentCard(name="toy-conv", params={"hidden": 32}),
         text_encoder=ComponentCard(name="toy-hash", params={"dim": 16}),
@@ -60,7 +61,7 @@ def test_same_budget(benchmark, tmp_path, teacher_dir, mode):
     before = one_step_error(
         Pipeline(card, fresh, teacher.text_encoder, teacher.autoencoder), reference
     )
-    spec = DistillSpec(
+    spec = DistillConfig(
         out=tmp_path / mode,
         teacher=teacher_dir,
         dataset=ComponentCard(name="toy-tones", params={"size": 64}),

@@ -11,8 +11,9 @@ import json
 
 import pytest
 
+from soundctm.config import TeacherConfig
 from soundctm.engine.checkpoint import ComponentCard
-from soundctm.training.teacher import TeacherSpec, train_teacher
+from soundctm.training.teacher import train_teacher
 
 
 @pytest.mark.parametrize(("preset", "batch", "seconds"), [("tiny", 32, 3.0), ("small", 32, 3.0)])
@@ -23,7 +24,7 @@ def test_teacher_step(benchmark, tmp_path, preset, batch, seconds):
     def run() -> list[dict]:
         counter["run"] += 1
         out = tmp_path / f"run{counter['run']}"
-        spec = TeacherSpec(
+        spec = TeacherConfig(
             out=out,
             backbone=ComponentCard(
                 name="dit",
