@@ -207,8 +207,8 @@ class GraphCTM(TrajectoryModel):
 class GraphTextEncoder:
     """Tokenizer on the host, ``text_encoder`` graph for the token states.
 
-    Tokenises exactly as :class:`~soundctm.builtin.text.TransformersTextEncoder`
-    (special tokens, truncation to ``max_length``, one EOS/pad for a prompt without tokens);
+    Tokenises as the exported encoder's ``TokenizerSpec`` says (engine/components.py: special
+    tokens, truncation to ``max_length``, one EOS/pad for a prompt without tokens);
     with ``exact`` every prompt is encoded alone and unpadded, as the torch encoder does."""
 
     def __init__(self, graph: Graph, tokenizer: Any, text: dict[str, Any]) -> None:
