@@ -19,9 +19,10 @@ def load_model(model_dir: Path, device: str):  # noqa: ANN201 - a Pipeline or an
 
     if is_exported(model_dir):
         return load_exported(model_dir, providers=providers_for_device(device))
+    from soundctm.engine.devices import resolve_device
     from soundctm.engine.pipeline import Pipeline
 
-    return Pipeline.load(model_dir, device=device)
+    return Pipeline.load(model_dir, device=resolve_device(device))
 
 
 def resolve_model(model: Path | None) -> Path:
