@@ -84,7 +84,7 @@ class SampleSettings(CommandSettings):
     seconds: float | None = Field(default=None, gt=0.0)
     out: Path = Path("outputs")
     batch_size: int = Field(default=8, ge=1)
-    device: str = "cpu"
+    device: str = "auto"
 
 
 class RefineSettings(CommandSettings):
@@ -97,7 +97,7 @@ class RefineSettings(CommandSettings):
     gamma: float = Field(default=0.0, ge=0.0, le=1.0)
     model: Path | None = None
     out: Path | None = None
-    device: str = "cpu"
+    device: str = "auto"
 
 
 def read_toml_section(path: Path | None, command: str) -> dict[str, Any]:

@@ -33,7 +33,13 @@ def _fresh_registry(monkeypatch):
     reset_registry()
 
 
-def build_toy(kind: str = "ctm", seconds: float = 0.25, max_seconds: float = 1.0, seed: int = 0):
+def build_toy(
+    kind: str = "ctm",
+    seconds: float = 0.25,
+    max_seconds: float = 1.0,
+    seed: int = 0,
+    text_encoder: str = "toy-hash",
+):
     """A tiny pipeline made of the toy plugin's components, randomly initialised (seeded)."""
     import torch
 
@@ -43,7 +49,7 @@ def build_toy(kind: str = "ctm", seconds: float = 0.25, max_seconds: float = 1.0
     return Pipeline.build(
         kind=kind,
         backbone=("toy-conv", {"student": kind == "ctm"}),
-        text_encoder=("toy-hash", {"dim": 16}),
+        text_encoder=(text_encoder, {"dim": 16}),
         autoencoder=("toy-frames", {"sample_rate": 8000, "channels": 8}),
         sigma_data=0.5,
         seconds=seconds,

@@ -226,6 +226,38 @@ def test_unexportable_text_encoder_is_named(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_third_party_text_encoder_exports_through_its_capability(tmp_path):
+    """toy-bytes (an outside plugin) offers OnnxExportable; its export runs like the built-in's."""
+    from soundctm.engine.components import OnnxExportable, OnnxGraph, onnx_graph
+
+    pipe = build_toy(text_encoder="toy-bytes")
+    encoder = pipe.text_encoder
+    assert isinstance(encoder, OnnxExportable)
+    assert not isinstance(build_toy().text_encoder, OnnxExportable)  # toy-hash offers none
+    assert isinstance(onnx_graph(encoder), OnnxGraph)
+    with torch.no_grad():  # a non-trivial network: the zero-initialised student branch too
+        g = torch.Generator().manual_seed(2)
+        for p in pipe.ctm.backbone.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    ckpt = pipe.save(tmp_path / "ckpt")
+    out = export_onnx(ckpt, tmp_path / "exported")
+    ort = OrtPipeline.load(out, providers=["cpu"])
+    torch_pipe = Pipeline.load(ckpt)
+
+    long = "a very long prompt that is truncated by the tokenizer, then ended by EOS"
+    prompts = ["a low tone", "café ♪", long]
+    for prompt in [*prompts, ""]:
+        assert ort.text_encoder.token_ids(prompt) == torch_pipe.text_encoder.token_ids(prompt)
+    for steps, nu in [(1, 1.0), (3, 2.0)]:
+        kw = {"seeds": [1, 2, 3], "steps": steps, "gamma": 0.5, "nu": nu, "omega": 2.0}
+        ref = torch_pipe.generate(prompts, **kw)
+        got = ort.generate(prompts, **kw)
+        assert got.params == ref.params and got.audio.shape == ref.audio.shape == (3, 2000)
+        peak = float(ref.audio.abs().max())
+        assert peak > 1e-2
+        assert float((got.audio - ref.audio).abs().max()) <= 1e-3 * max(1.0, peak)
+
+
 class _DataDependent(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -14,30 +14,14 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand, TyperOption
 
 from soundctm._version import __version__
 from soundctm.cli.commands import BUILTIN_COMMANDS
 from soundctm.cli.common import fail, handle_errors, state
+from soundctm.cli.options import Command
 from soundctm.errors import PluginError, SoundCTMError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-
-
-class Command(TyperCommand):
-    """A Typer command whose on/off flags show no ``<bool>`` value column in ``--help``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
-                param.metavar = ""
-
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
 
 
 def _version(value: bool) -> None:

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from soundctm.cli.common import console, handle_errors
+from soundctm.cli.common import console
+from soundctm.cli.options import (
+    TRAINING_OPTIONS,
+    Resume,
+    ResumeFrom,
+    config_option,
+    lr_option,
+    out_option,
+    with_options,
+)
 from soundctm.cli.train import run_training
 from soundctm.config import DistillSettings, load_settings
 from soundctm.errors import InvalidArgumentError
 
 
-@handle_errors
+@with_options(**TRAINING_OPTIONS)
 def distill(
     teacher: Annotated[
         Path | None,
@@ -24,41 +33,14 @@ def distill(
             show_default=False,
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="TOML file whose \\[distill] table configures the run.",
-            show_default=False,
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Run folder (default: runs/student).", show_default=False),
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps.", show_default=False)] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Clips per step and process.", show_default=False)
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Learning rate (default: 8e-5, RAdam).", show_default=False)
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Run seed.", show_default=False)] = None,
+    config: config_option("distill", "configures the run") = None,  # type: ignore[valid-type]
+    out: out_option("runs/student", "Run folder") = None,  # type: ignore[valid-type]
+    lr: lr_option("8e-5, RAdam") = None,  # type: ignore[valid-type]
     distance: Annotated[
         str | None,
         typer.Option(
             help="feature (teacher features, default), l2, l1 or pseudo-huber.", show_default=False
         ),
-    ] = None,
-    save_every: Annotated[
-        int | None, typer.Option(help="Write a checkpoint every N steps.", show_default=False)
-    ] = None,
-    log_every: Annotated[
-        int | None, typer.Option(help="Log metrics every N steps.", show_default=False)
-    ] = None,
-    mixed_precision: Annotated[
-        str | None, typer.Option(help="no, bf16 or fp16.", show_default=False)
     ] = None,
     keep_teacher: Annotated[
         bool | None,
@@ -76,13 +58,9 @@ def distill(
             show_default=False,
         ),
     ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the newest state in --out.")
-    ] = False,
-    resume_from: Annotated[
-        Path | None,
-        typer.Option("--resume-from", help="Continue from this state folder.", show_default=False),
-    ] = None,
+    resume: Resume = False,
+    resume_from: ResumeFrom = None,
+    **flags: Any,
 ) -> None:
     """Distil a SoundCTM student (1-step generation, deterministic refinement) from a teacher.
 
@@ -91,21 +69,9 @@ def distill(
     4 steps.
     """
     settings = load_settings(
-        DistillSettings,
-        config,
-        teacher=teacher,
-        out=out,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        distance=distance,
-        save_every=save_every,
-        log_every=log_every,
-        mixed_precision=mixed_precision,
-        keep_teacher=keep_teacher,
-        trajectory_cache=trajectory_cache,
-    )
+        DistillSettings, config, teacher=teacher, out=out, lr=lr, distance=distance,
+        keep_teacher=keep_teacher, trajectory_cache=trajectory_cache, **flags,
+    )  # fmt: skip
     if settings.teacher is None:
         raise InvalidArgumentError(
             "no teacher given; pass --teacher DIR (a checkpoint folder from `soundctm train`)"

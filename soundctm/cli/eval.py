@@ -12,11 +12,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
-from soundctm.cli.app import Command
 from soundctm.cli.common import console, err_console, handle_errors
-from soundctm.cli.options import BatchSize, Device, config_option, model_option
+from soundctm.cli.options import (
+    BatchSize,
+    Command,
+    Device,
+    Group,
+    Nu,
+    Omega,
+    Seconds,
+    Seed,
+    config_option,
+    model_option,
+    out_option,
+    with_options,
+)
 from soundctm.config import EvalSettings, load_settings
 from soundctm.errors import InvalidArgumentError
 
@@ -28,39 +39,48 @@ def _opt(*names: str, text: str) -> Any:
 Reference = Annotated[
     Path | None, _opt("--reference", "-r", text="Reference audio folder, paired by file name.")
 ]
-Prompts = Annotated[
-    str | None,
-    _opt("--prompts", text="Prompts CSV (caption[,file_name]) or text file, or 'synthcaps'."),
-]
-Num = Annotated[int | None, _opt("--num", "-n", text="Number of prompts (synthcaps: 16).")]
-Nu = Annotated[float | None, _opt("--nu", text="nu (students).")]
-Omega = Annotated[float | None, _opt("--omega", text="omega.")]
-Seed = Annotated[int | None, _opt("--seed", text="Seed of prompt 0; prompt i uses seed + i.")]
-Seconds = Annotated[float | None, _opt("--seconds", text="Clip length (default: the model's).")]
-Preset = Annotated[
-    str | None, _opt("--preset", text="Protocol: audioldm or stable-audio (needs weight files).")
-]
-Metrics = Annotated[
-    str | None,
-    _opt(
-        "--metrics", text="Metrics, e.g. fd,synthcaps-attributes (default: all the input allows)."
-    ),
-]
-Embedder = Annotated[
-    str | None, _opt("--embedder", text="Embedder of fd (default: mel-stats, not VGGish).")
-]
-Classifier = Annotated[str | None, _opt("--classifier", text="Classifier of kl and is.")]
-FadInf = Annotated[bool | None, _opt("--fad-inf", text="Add FAD-infinity to fd.")]
-Out = Annotated[Path | None, _opt("--out", "-o", text="Report folder (default: outputs/eval).")]
-CacheDir = Annotated[
-    Path | None,
-    _opt("--cache-dir", text="Embedding cache (default: ~/.cache/soundctm/embeddings)."),
-]
-Cache = Annotated[bool | None, _opt("--cache/--no-cache", text="Cache embeddings (default on).")]
-Config = config_option("eval")
+#: Options of every ``eval`` sub-command: the protocol, the report and where it runs.
+REPORT_OPTIONS: dict[str, Any] = {
+    "preset": Annotated[
+        str | None, _opt("--preset", text="Protocol: audioldm or stable-audio (weight files).")
+    ],
+    "metrics": Annotated[
+        str | None,
+        _opt("--metrics", text="Metrics, e.g. fd,synthcaps-attributes (default: all possible)."),
+    ],
+    "embedder": Annotated[
+        str | None, _opt("--embedder", text="Embedder of fd (default: mel-stats, not VGGish).")
+    ],
+    "classifier": Annotated[str | None, _opt("--classifier", text="Classifier of kl and is.")],
+    "fad_inf": Annotated[bool | None, _opt("--fad-inf", text="Add FAD-infinity to fd.")],
+    "out": out_option("outputs/eval", "Report folder"),
+    "cache_dir": Annotated[
+        Path | None,
+        _opt("--cache-dir", text="Embedding cache (default: ~/.cache/soundctm/embeddings)."),
+    ],
+    "cache": Annotated[
+        bool | None, _opt("--cache/--no-cache", text="Cache embeddings (default on).")
+    ],
+    "device": Device,
+    "config": config_option("eval"),
+}
+#: Options of the sub-commands that generate (``model``, ``compare``).
+GENERATION_OPTIONS: dict[str, Any] = {
+    "prompts": Annotated[
+        str | None,
+        _opt("--prompts", text="Prompts CSV (caption[,file_name]) or text file, or 'synthcaps'."),
+    ],
+    "num": Annotated[int | None, _opt("--num", "-n", text="Number of prompts (synthcaps: 16).")],
+    "nu": Nu,
+    "omega": Omega,
+    "seed": Seed,
+    "seconds": Seconds,
+    "reference": Reference,
+    "batch_size": BatchSize,
+}
 
 
-class EvalGroup(TyperGroup):
+class EvalGroup(Group):
     """The ``eval`` group; a command line without a sub-command is routed as before."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -86,8 +106,9 @@ eval_app = typer.Typer(
 )
 
 
-def _settings(config: Path | None, **flags: Any) -> EvalSettings:
-    return load_settings(EvalSettings, config, **flags)
+def _settings(flags: dict[str, Any], **own: Any) -> EvalSettings:
+    shared = dict(flags)
+    return load_settings(EvalSettings, shared.pop("config"), **shared, **own)
 
 
 def _common(s: EvalSettings) -> dict[str, Any]:
@@ -119,34 +140,21 @@ def _generation(s: EvalSettings) -> dict[str, Any]:
     }
 
 
+@with_options(reference=Reference, **REPORT_OPTIONS)
 def folder(
     generated: Annotated[
         Path | None, typer.Argument(help="Folder of generated audio.", show_default=False)
     ] = None,
-    reference: Reference = None,
     captions: Annotated[
         Path | None, _opt("--captions", text="Captions CSV (file_name,caption).")
     ] = None,
     sample_rate: Annotated[
         int | None, _opt("--sample-rate", text="Resample every folder to this rate.")
     ] = None,
-    preset: Preset = None,
-    metrics: Metrics = None,
-    embedder: Embedder = None,
-    classifier: Classifier = None,
-    fad_inf: FadInf = None,
-    out: Out = None,
-    cache_dir: CacheDir = None,
-    cache: Cache = None,
-    device: Device = None,
-    config: Config = None,
+    **flags: Any,
 ) -> None:
     """Evaluate a folder of generated audio, optionally against reference audio and captions."""
-    s = _settings(
-        config, reference=reference, captions=captions, sample_rate=sample_rate, preset=preset,
-        metrics=metrics, embedder=embedder, classifier=classifier, fad_inf=fad_inf, out=out,
-        cache_dir=cache_dir, cache=cache, device=device,
-    )  # fmt: skip
+    s = _settings(flags, captions=captions, sample_rate=sample_rate)
     if generated is None:
         raise InvalidArgumentError(
             "nothing to evaluate; give a folder of generated audio, or --model DIR "
@@ -163,45 +171,23 @@ def folder(
     _summary(results, s.out)
 
 
+@with_options(**GENERATION_OPTIONS, **REPORT_OPTIONS)
 def model(
     model: model_option(
         "Checkpoint to generate with (default: the packaged default model)."
     ) = None,  # type: ignore[valid-type]
-    prompts: Prompts = None,
-    num: Num = None,
     steps: Annotated[str | None, _opt("--steps", text="Step counts, e.g. 1,2,4,16.")] = None,
     gamma: Annotated[
         str | None, _opt("--gamma", text="CTM gamma value(s), e.g. 0 or 0,1 (default 0).")
     ] = None,
-    nu: Nu = None,
-    omega: Omega = None,
-    seed: Seed = None,
-    seconds: Seconds = None,
-    reference: Reference = None,
     content: Annotated[
         bool | None,
         _opt("--content/--no-content", text="Content preservation, gamma 0 vs 1 (default on)."),
     ] = None,
-    preset: Preset = None,
-    metrics: Metrics = None,
-    embedder: Embedder = None,
-    classifier: Classifier = None,
-    fad_inf: FadInf = None,
-    out: Out = None,
-    cache_dir: CacheDir = None,
-    cache: Cache = None,
-    batch_size: BatchSize = None,
-    device: Device = None,
-    config: Config = None,
+    **flags: Any,
 ) -> None:
     """Generate with a model at several step counts and gammas and evaluate each setting."""
-    s = _settings(
-        config, model=model, prompts=prompts, num=num, steps=steps, gamma=gamma, nu=nu,
-        omega=omega, seed=seed, seconds=seconds, reference=reference, content=content,
-        preset=preset, metrics=metrics, embedder=embedder, classifier=classifier,
-        fad_inf=fad_inf, out=out, cache_dir=cache_dir, cache=cache, batch_size=batch_size,
-        device=device,
-    )  # fmt: skip
+    s = _settings(flags, model=model, steps=steps, gamma=gamma, content=content)
     from soundctm.cli.models import resolve_model
     from soundctm.cli.progress import EvalProgress
     from soundctm.eval.runner import DEFAULT_STEPS, evaluate_model
@@ -215,13 +201,12 @@ def model(
     _summary(results, s.out)
 
 
+@with_options(**GENERATION_OPTIONS, **REPORT_OPTIONS)
 def compare(
     model: model_option("Model A (e.g. a teacher).") = None,  # type: ignore[valid-type]
     compare: Annotated[
         Path | None, _opt("--compare", text="Model B, compared with --model.")
     ] = None,
-    prompts: Prompts = None,
-    num: Num = None,
     steps: Annotated[
         str | None, _opt("--steps", text="Steps of model A (default: its own).")
     ] = None,
@@ -229,31 +214,12 @@ def compare(
         int | None, _opt("--compare-steps", text="Steps of model B (default: its own).")
     ] = None,
     gamma: Annotated[str | None, _opt("--gamma", text="CTM gamma of the students.")] = None,
-    nu: Nu = None,
-    omega: Omega = None,
-    seed: Seed = None,
-    seconds: Seconds = None,
-    reference: Reference = None,
-    preset: Preset = None,
-    metrics: Metrics = None,
-    embedder: Embedder = None,
-    classifier: Classifier = None,
-    fad_inf: FadInf = None,
-    out: Out = None,
-    cache_dir: CacheDir = None,
-    cache: Cache = None,
-    batch_size: BatchSize = None,
-    device: Device = None,
-    config: Config = None,
+    **flags: Any,
 ) -> None:
     """Two models on the same prompts and seeds, each at its own step count."""
     s = _settings(
-        config, model=model, compare=compare, prompts=prompts, num=num, steps=steps,
-        compare_steps=compare_steps, gamma=gamma, nu=nu, omega=omega, seed=seed,
-        seconds=seconds, reference=reference, preset=preset, metrics=metrics,
-        embedder=embedder, classifier=classifier, fad_inf=fad_inf, out=out,
-        cache_dir=cache_dir, cache=cache, batch_size=batch_size, device=device,
-    )  # fmt: skip
+        flags, model=model, compare=compare, steps=steps, compare_steps=compare_steps, gamma=gamma
+    )
     if s.model is None or s.compare is None:
         raise InvalidArgumentError("compare needs --model (model A) and --compare (model B)")
     if s.steps is not None and len(s.steps) != 1:

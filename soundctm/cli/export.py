@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from soundctm.cli.common import console, err_console, handle_errors
+from soundctm.cli.common import console, err_console
 from soundctm.cli.models import resolve_model
+from soundctm.cli.options import model_option
 from soundctm.errors import InvalidArgumentError
 
 
-@handle_errors
 def export(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for the exported model.", show_default=False)
     ],
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Checkpoint folder (default: the packaged default model).",
-            show_default=False,
-        ),
-    ] = None,
+    model: model_option() = None,  # type: ignore[valid-type]
     format: Annotated[
         str,
         typer.Option("--format", "-f", help="onnx, or tensorrt (ONNX graphs + TensorRT engines)."),
@@ -38,8 +31,9 @@ def export(
 ) -> None:
     """Export a model as separate ONNX graphs (text encoder, network, decoder) + its card.
 
-    The sampler stays on the host, so every steps/gamma/nu/omega setting works without re-export; `soundctm sample --model OUT` runs it with onnxruntime (docs/onnx.md).
-    """  # noqa: E501
+    The sampler stays on the host, so every steps/gamma/nu/omega setting works without
+    re-export; `soundctm sample --model OUT` runs it with onnxruntime (docs/onnx.md).
+    """
     if format not in {"onnx", "tensorrt"}:
         raise InvalidArgumentError(f"--format must be onnx or tensorrt, got {format!r}")
     if opset < 17:
@@ -59,7 +53,7 @@ def export(
 
     started = time.perf_counter()
     status = err_console.status("exporting to ONNX", spinner="dots")
-    with status if err_console.is_terminal else _null():
+    with status if err_console.is_terminal else contextlib.nullcontext():
         path = export_onnx(model_dir, out, opset=opset, fp16=fp16, callback=show)
         if format == "tensorrt":
             build_engines(path, fp16=fp16, callback=show)
@@ -69,11 +63,3 @@ def export(
         highlight=False,
         soft_wrap=True,
     )
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None

@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from soundctm.cli.common import console, handle_errors
+from soundctm.cli.common import console
 from soundctm.errors import InvalidArgumentError
 
 
-@handle_errors
 def pack(
     model: Annotated[Path, typer.Argument(help="Checkpoint folder to pack.", show_default=False)],
     out: Annotated[
@@ -36,8 +35,10 @@ def pack(
 ) -> None:
     """Copy a checkpoint with its weights cast to half precision and fresh checksums.
 
-    Loading casts the weights back to float32; only their rounding changes. A student's bundled teacher (from `distill --keep-teacher`) travels along in OUT/teacher, used by `sample --teacher`.
-    """  # noqa: E501
+    Loading casts the weights back to float32; only their rounding changes. A student's bundled
+    teacher (from `distill --keep-teacher`) travels along in OUT/teacher, used by
+    `sample --teacher`.
+    """
     if dtype not in {"float16", "bfloat16", "float32"}:
         raise InvalidArgumentError(f"--dtype must be float16, bfloat16 or float32, got {dtype!r}")
     if not (model / "model.json").is_file():

@@ -8,12 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from soundctm.cli.common import console, handle_errors
+from soundctm.cli.common import console
 from soundctm.errors import InvalidArgumentError
 from soundctm.plugins.registry import KINDS, get_registry
 
 
-@handle_errors
 def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     kind: Annotated[

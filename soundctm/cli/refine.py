@@ -8,12 +8,19 @@ from typing import Annotated
 
 import typer
 
-from soundctm.cli.common import console, err_console, handle_errors
+from soundctm.cli.common import console, err_console
+from soundctm.cli.options import (
+    Device,
+    config_option,
+    gamma_option,
+    model_option,
+    out_option,
+    steps_option,
+)
 from soundctm.config import RefineSettings, load_settings
 from soundctm.errors import CheckpointError
 
 
-@handle_errors
 def refine(
     file: Annotated[
         Path,
@@ -22,38 +29,12 @@ def refine(
             show_default=False,
         ),
     ],
-    steps: Annotated[
-        int | None,
-        typer.Option(help="Steps of the refined sample (default: 16).", show_default=False),
-    ] = None,
-    gamma: Annotated[
-        float | None,
-        typer.Option(help="CTM gamma (default: 0, which keeps the content).", show_default=False),
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Use this checkpoint instead of the one in the sidecar.",
-            show_default=False,
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", "-o", help="Output folder (default: beside the input).", show_default=False
-        ),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="torch device (default: cpu).", show_default=False)
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="TOML file whose \\[refine] table sets defaults.", show_default=False
-        ),
-    ] = None,
+    steps: steps_option("16") = None,  # type: ignore[valid-type]
+    gamma: gamma_option("0") = None,  # type: ignore[valid-type]
+    model: model_option("Use this checkpoint instead of the one in the sidecar.") = None,  # type: ignore[valid-type]
+    out: out_option("beside the input") = None,  # type: ignore[valid-type]
+    device: Device = None,
+    config: config_option("refine") = None,  # type: ignore[valid-type]
 ) -> None:
     """Re-run a sample deterministically with more steps: same noise, same content, cleaner.
 

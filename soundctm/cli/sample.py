@@ -10,10 +10,26 @@ from typing import Annotated
 
 import typer
 
-from soundctm.cli.common import console, err_console, handle_errors
+from soundctm.cli.common import console, err_console
 from soundctm.cli.models import load_model, resolve_model
+from soundctm.cli.options import (
+    BatchSize,
+    Device,
+    Gamma,
+    Nu,
+    Omega,
+    Seconds,
+    Seed,
+    Solver,
+    Steps,
+    config_option,
+    model_option,
+    out_option,
+)
 from soundctm.config import SampleSettings, load_settings
 from soundctm.errors import CheckpointError, InvalidArgumentError
+
+Model = model_option()
 
 
 def read_prompts_file(path: Path) -> list[str]:
@@ -31,7 +47,6 @@ def read_prompts_file(path: Path) -> list[str]:
     return prompts
 
 
-@handle_errors
 def sample(
     prompts: Annotated[
         list[str] | None,
@@ -40,81 +55,29 @@ def sample(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Checkpoint folder (default: the packaged default model).",
-            show_default=False,
-        ),
-    ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            help="Sampling steps (default: the model's, 1 for a CTM student).", show_default=False
-        ),
-    ] = None,
-    gamma: Annotated[
-        float | None,
-        typer.Option(
-            help="CTM gamma in [0, 1]: 0 keeps content across step counts, 1 is CM multistep.",
-            show_default=False,
-        ),
-    ] = None,
-    nu: Annotated[
-        float | None,
-        typer.Option(
-            help="nu: extra classifier-free guidance on the student's jumps (1 = off).",
-            show_default=False,
-        ),
-    ] = None,
-    omega: Annotated[
-        float | None,
-        typer.Option(
-            help="omega: guidance strength the student was distilled for (teacher: the CFG scale).",
-            show_default=False,
-        ),
-    ] = None,
-    solver: Annotated[
-        str | None,
-        typer.Option(
-            help="Sampler: gamma (students), heun, euler, dpmpp-2m (teachers).", show_default=False
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help="Seed of the first sample; sample i uses seed + i (default: random).",
-            show_default=False,
-        ),
-    ] = None,
+    model: Model = None,
+    steps: Steps = None,
+    gamma: Gamma = None,
+    nu: Nu = None,
+    omega: Omega = None,
+    solver: Solver = None,
+    seed: Seed = None,
     num_samples: Annotated[
         int | None,
         typer.Option(
             "--num-samples", "-n", help="Samples per prompt (default: 1).", show_default=False
         ),
     ] = None,
-    seconds: Annotated[
-        float | None,
-        typer.Option(help="Clip length in seconds (default: the model's).", show_default=False),
-    ] = None,
+    seconds: Seconds = None,
     prompts_file: Annotated[
         Path | None,
         typer.Option(
             "--prompts-file", "-f", help="A text file with one prompt per line.", show_default=False
         ),
     ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Output folder (default: outputs).", show_default=False),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Samples generated at once (default: 8).", show_default=False)
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="torch device (default: cpu).", show_default=False)
-    ] = None,
+    out: out_option("outputs") = None,  # type: ignore[valid-type]
+    batch_size: BatchSize = None,
+    device: Device = None,
     teacher: Annotated[
         bool,
         typer.Option(
@@ -122,12 +85,7 @@ def sample(
             help="Sample the teacher kept beside a student (distill --keep-teacher).",
         ),
     ] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="TOML file whose \\[sample] table sets defaults.", show_default=False
-        ),
-    ] = None,
+    config: config_option("sample") = None,  # type: ignore[valid-type]
 ) -> None:
     """Generate sounds from text prompts: WAV files, each with a JSON sidecar to reproduce it."""
     settings = load_settings(

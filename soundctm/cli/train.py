@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from soundctm.cli.common import console, err_console, handle_errors
+from soundctm.cli.common import console, err_console
+from soundctm.cli.options import (
+    TRAINING_OPTIONS,
+    Resume,
+    ResumeFrom,
+    config_option,
+    lr_option,
+    out_option,
+    with_options,
+)
 from soundctm.config import TrainingConfig, TrainSettings, load_settings
 
 
@@ -23,42 +32,11 @@ def run_training(
         return train(settings, resume=resume, callback=progress)
 
 
-@handle_errors
+@with_options(**TRAINING_OPTIONS)
 def train(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="TOML file whose \\[train] table configures the run.",
-            show_default=False,
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Run folder (default: runs/teacher).", show_default=False),
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps.", show_default=False)] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Clips per step and process.", show_default=False)
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.", show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Run seed.", show_default=False)] = None,
-    save_every: Annotated[
-        int | None, typer.Option(help="Write a checkpoint every N steps.", show_default=False)
-    ] = None,
-    log_every: Annotated[
-        int | None, typer.Option(help="Log metrics every N steps.", show_default=False)
-    ] = None,
-    grad_accum: Annotated[
-        int | None, typer.Option(help="Gradient accumulation steps.", show_default=False)
-    ] = None,
-    mixed_precision: Annotated[
-        str | None, typer.Option(help="no, bf16 or fp16.", show_default=False)
-    ] = None,
-    num_workers: Annotated[
-        int | None, typer.Option(help="Data loader worker processes.", show_default=False)
-    ] = None,
+    config: config_option("train", "configures the run") = None,  # type: ignore[valid-type]
+    out: out_option("runs/teacher", "Run folder") = None,  # type: ignore[valid-type]
+    lr: lr_option("2e-4, AdamW") = None,  # type: ignore[valid-type]
     latent_cache: Annotated[
         bool | None,
         typer.Option(
@@ -67,19 +45,9 @@ def train(
             show_default=False,
         ),
     ] = None,
-    tracker: Annotated[
-        str | None,
-        typer.Option(
-            help="Also log to this accelerate tracker (tensorboard, wandb).", show_default=False
-        ),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the newest state in --out.")
-    ] = False,
-    resume_from: Annotated[
-        Path | None,
-        typer.Option("--resume-from", help="Continue from this state folder.", show_default=False),
-    ] = None,
+    resume: Resume = False,
+    resume_from: ResumeFrom = None,
+    **flags: Any,
 ) -> None:
     """Train a diffusion teacher (EDM) on a registered data set; multi-GPU with accelerate launch.
 
@@ -87,20 +55,7 @@ def train(
     --resume), metrics.jsonl and audio previews.
     """
     settings = load_settings(
-        TrainSettings,
-        config,
-        out=out,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        save_every=save_every,
-        log_every=log_every,
-        grad_accum=grad_accum,
-        mixed_precision=mixed_precision,
-        num_workers=num_workers,
-        latent_cache=latent_cache,
-        tracker=tracker,
+        TrainSettings, config, out=out, lr=lr, latent_cache=latent_cache, **flags
     )
     from soundctm.training.teacher import train_teacher
 

@@ -6,10 +6,10 @@ Everything the runner asks of a model goes through here, over the pipeline's pub
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,20 +29,13 @@ from soundctm.events import (
 GAMMA_SOLVER = "gamma"
 AUDIO_FOLDER = "audio"
 
+if TYPE_CHECKING:
+    from soundctm.engine.plan import SamplingPlan
 
-@dataclass(frozen=True)
-class Plan:
-    """The sampling parameters of one setting, defaults filled in by the model."""
 
-    steps: int
-    gamma: float
-    nu: float
-    omega: float
-    seconds: float
-    solver: str
-
-    def sampling(self, model: str) -> Sampling:
-        return Sampling(model, self.steps, self.gamma, self.nu, self.omega, self.solver)
+def sampling(plan: SamplingPlan, model: str) -> Sampling:
+    """What a report records of how ``model`` (a label) generated under ``plan``."""
+    return Sampling(model, plan.steps, plan.gamma, plan.nu, plan.omega, plan.solver)
 
 
 @dataclass(frozen=True)
@@ -69,21 +62,12 @@ def is_student(pipe: Any) -> bool:
     return bool(pipe.is_student)
 
 
-def resolve(pipe: Any, **params: Any) -> Plan:
-    """The model's sampling parameters for ``params`` (None: the card's default), validated."""
-    got = pipe.resolve(**params)
-    field = got.__getitem__ if isinstance(got, Mapping) else lambda k: getattr(got, k)
-    return Plan(
-        steps=int(field("steps")),
-        gamma=float(field("gamma")),
-        nu=float(field("nu")),
-        omega=float(field("omega")),
-        seconds=float(field("seconds")),
-        solver=str(field("solver")),
-    )
+def resolve(pipe: Any, **params: Any) -> SamplingPlan:
+    """The model's sampling plan for ``params`` (None: the card's default), validated."""
+    return pipe.resolve(**params)
 
 
-def at(plan: Plan, setting: Setting) -> Plan:
+def at(plan: SamplingPlan, setting: Setting) -> SamplingPlan:
     """``plan`` with the step count and gamma of ``setting``."""
     return replace(plan, steps=setting.steps, gamma=setting.gamma)
 
@@ -137,7 +121,7 @@ def generate(
     pipe: Any,
     prompts: PromptSet,
     seeds: list[int],
-    plan: Plan,
+    plan: SamplingPlan,
     label: str,
     *,
     batch_size: int,
@@ -149,12 +133,7 @@ def generate(
     gen = pipe.generate(
         prompts.captions,
         seeds=seeds,
-        steps=plan.steps,
-        gamma=plan.gamma,
-        nu=plan.nu,
-        omega=plan.omega,
-        seconds=plan.seconds,
-        solver=plan.solver,
+        **plan.arguments(),
         batch_size=batch_size,
         callback=_relay(callback, label),
     )
@@ -199,7 +178,6 @@ def make_evalset(
 __all__ = [
     "AUDIO_FOLDER",
     "GAMMA_SOLVER",
-    "Plan",
     "Setting",
     "at",
     "check_steps",
@@ -209,4 +187,5 @@ __all__ = [
     "make_evalset",
     "model_info",
     "resolve",
+    "sampling",
 ]

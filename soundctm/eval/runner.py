@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +30,6 @@ from soundctm.eval.evalset import EvalSet, load_folders
 from soundctm.eval.generation import (
     AUDIO_FOLDER,
     GAMMA_SOLVER,
-    Plan,
     Setting,
     at,
     check_steps,
@@ -39,6 +38,7 @@ from soundctm.eval.generation import (
     make_evalset,
     model_info,
     resolve,
+    sampling,
 )
 from soundctm.eval.prompts import PromptSet, prompt_set
 from soundctm.eval.results import (
@@ -61,6 +61,9 @@ DEFAULT_STEPS: tuple[int, ...] = (1, 2, 4, 16)
 CONTENT_STEPS = 4
 #: Prompts and settings in ``spectrograms.png``.
 EXAMPLE_ROWS, EXAMPLE_COLUMNS = 4, 8
+
+if TYPE_CHECKING:
+    from soundctm.engine.plan import SamplingPlan
 
 
 def _finish(
@@ -240,7 +243,7 @@ def evaluate_model(
     for st in main:
         es = make_evalset(ps, generated[st], rate, st.label, ps.references)
         values = run_metrics(es, chosen.metrics, context)
-        runs.append(RunResult(st.label, es.n, values, at(base, st).sampling("model")))
+        runs.append(RunResult(st.label, es.n, values, sampling(at(base, st), "model")))
     rows = []
     for st in cp:
         es = make_evalset(ps, generated[st], rate, st.label, generated[one])
@@ -327,7 +330,7 @@ def compare_models(
             f"the two models generate at different sample rates ({rate_a} and {rate_b} Hz); "
             "compare models of one sample rate, or evaluate each on its own"
         )
-    plans: list[Plan] = []
+    plans: list[SamplingPlan] = []
     for pipe, st in zip(pipes, (steps_a, steps_b), strict=True):
         student = pipe.is_student
         plans.append(
@@ -368,7 +371,7 @@ def compare_models(
     for tag, lab, pl, audio in zip(tags, labels, plans, outs, strict=True):
         es = make_evalset(ps, audio, rate_a, lab, ps.references)
         runs.append(
-            RunResult(lab, es.n, run_metrics(es, chosen.metrics, context), pl.sampling(tag))
+            RunResult(lab, es.n, run_metrics(es, chosen.metrics, context), sampling(pl, tag))
         )
     paired = _content(make_evalset(ps, outs[1], rate_a, "B vs A", outs[0]), context)
     models = {

@@ -1,4 +1,4 @@
-"""SynthCaps: the built-in procedural data set of captioned sounds (see docs/synthcaps.md).
+"""SynthCaps: the built-in procedural data set of captioned sounds.
 
 - :func:`generate` ``(split, index, seed, sample_rate, seconds) -> Item(audio, caption,
   attributes)``, deterministic and numpy-only;

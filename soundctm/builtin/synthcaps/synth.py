@@ -6,7 +6,7 @@ a float32 mono signal (phases are kept in float64 turns, reduced exactly, then t
 in float32 -- several times faster than float64 here, which keeps a 3 s clip at a few ms).
 Timings scale with :func:`time_scale` so that short clips still fit their events; level, pitch
 and timing classes are spaced far apart so that the analytic detectors in :mod:`.detectors` can
-read them back (see ``docs/synthcaps.md``).
+read them back (the ``synthcaps-attributes`` metric of ``metric.py``).
 """
 
 from __future__ import annotations
