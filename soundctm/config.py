@@ -9,6 +9,7 @@ resolved in the CLI only. This module must not import torch.
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -30,7 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from soundctm.engine.specs import MAX_SEED, ComponentSpec
+from soundctm.engine.specs import MAX_SEED, MAX_STEPS, MAX_STEPS_WHY, ComponentSpec
 from soundctm.errors import InvalidArgumentError
 
 CONFIG_ENV = "SOUNDCTM_CONFIG"
@@ -67,6 +68,13 @@ class CommandSettings(BaseSettings):
         return init_settings, env_settings, _TomlSection(settings_cls)
 
 
+# Numbers that settings share; NaN and infinity are refused ("must be a finite number").
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Gamma = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+SamplingSteps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+
+
 class SampleSettings(CommandSettings):
     """Settings of ``soundctm sample``."""
 
@@ -74,14 +82,14 @@ class SampleSettings(CommandSettings):
     model_config = SettingsConfigDict(env_prefix="SOUNDCTM_SAMPLE_", extra="forbid")
 
     model: Path | None = None
-    steps: int | None = Field(default=None, ge=1)
-    gamma: float | None = Field(default=None, ge=0.0, le=1.0)
-    nu: float | None = Field(default=None, ge=0.0)
-    omega: float | None = Field(default=None, ge=0.0)
+    steps: SamplingSteps | None = None
+    gamma: Gamma | None = None
+    nu: NonNegative | None = None
+    omega: NonNegative | None = None
     solver: str | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_samples: int = Field(default=1, ge=1)
-    seconds: float | None = Field(default=None, gt=0.0)
+    seconds: Positive | None = None
     out: Path = Path("outputs")
     batch_size: int = Field(default=8, ge=1)
     device: str = "auto"
@@ -93,8 +101,8 @@ class RefineSettings(CommandSettings):
     command: ClassVar[str] = "refine"
     model_config = SettingsConfigDict(env_prefix="SOUNDCTM_REFINE_", extra="forbid")
 
-    steps: int = Field(default=16, ge=1)
-    gamma: float = Field(default=0.0, ge=0.0, le=1.0)
+    steps: SamplingSteps = 16
+    gamma: Gamma = 0.0
     model: Path | None = None
     out: Path | None = None
     device: str = "auto"
@@ -144,12 +152,21 @@ def load_settings(cls: type[S], config: Path | None = None, **flags: Any) -> S:
             raise InvalidArgumentError(error_text(err)) from exc
         field = str(err["loc"][0])
         value = err.get("input")
+        origin = "" if field in given else " (from the environment or the config file)"
+        if err["type"] == "finite_number":
+            raise InvalidArgumentError(
+                f"{flag_name(field)} must be a finite number, got {value!r}{origin}"
+            ) from exc
+        if err["type"] == "less_than_equal" and field in {"steps", "compare_steps"}:
+            raise InvalidArgumentError(
+                f"{flag_name(field)} must be at most {MAX_STEPS}, got {value!r}{origin}: "
+                f"{MAX_STEPS_WHY}"
+            ) from exc
         if err["type"] == "extra_forbidden":
             raise InvalidArgumentError(
                 f"unknown setting {field!r} for {cls.command} (from the config file or "
                 f"environment); check its spelling"
             ) from exc
-        origin = "" if field in given else " (from the environment or the config file)"
         raise InvalidArgumentError(
             f"invalid {flag_name(field)} {value!r}{origin}: {err['msg'].lower()}"
         ) from exc
@@ -167,8 +184,6 @@ ComponentSetting = ComponentSpec
 # TOML). Each parameter is declared here once; pydantic does all the validation.
 
 Steps = Annotated[int, Field(ge=1)]
-Positive = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
 
 
 class TrainingConfig(BaseModel):
@@ -338,12 +353,12 @@ class EvalSettings(CommandSettings):
     prompts: str = "synthcaps"
     num: int | None = Field(default=None, ge=1)
     steps: list[int] | None = None
-    compare_steps: int | None = Field(default=None, ge=1)
+    compare_steps: SamplingSteps | None = None
     gamma: list[float] | None = None
-    nu: float | None = Field(default=None, ge=0.0)
-    omega: float | None = Field(default=None, ge=0.0)
+    nu: NonNegative | None = None
+    omega: NonNegative | None = None
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    seconds: float | None = Field(default=None, gt=0.0)
+    seconds: Positive | None = None
     preset: str | None = None
     metrics: list[str] | None = None
     embedder: str = "mel-stats"
@@ -367,11 +382,15 @@ class EvalSettings(CommandSettings):
     def _positive(cls, value: list[int] | None) -> list[int] | None:
         if value is not None and (not value or any(s < 1 for s in value)):
             raise ValueError("step counts must be whole numbers >= 1")
+        if value is not None and max(value) > MAX_STEPS:
+            raise ValueError(f"step counts must be at most {MAX_STEPS}: {MAX_STEPS_WHY}")
         return value
 
     @field_validator("gamma")
     @classmethod
     def _unit(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not math.isfinite(g) for g in value):
+            raise ValueError("every gamma must be a finite number")
         if value is not None and any(not 0.0 <= g <= 1.0 for g in value):
             raise ValueError("every gamma must be between 0 and 1")
         return value

@@ -18,10 +18,36 @@ import typer
 from soundctm._version import __version__
 from soundctm.cli.commands import BUILTIN_COMMANDS
 from soundctm.cli.common import fail, handle_errors, state
-from soundctm.cli.options import Command
+from soundctm.cli.options import Command, Group
 from soundctm.errors import PluginError, SoundCTMError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class Root(Group):
+    """The root group: usage errors (an unknown option, a value of the wrong type) are one
+    ``error:`` line naming the command's ``--help``, exit 2, like every other user error."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+            code = getattr(exc, "exit_code", 2)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help
+                exc.show()  # type: ignore[attr-defined]
+                raise SystemExit(code) from None
+            if state.debug:
+                raise
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            lines = str(exc.format_message()).strip().splitlines()  # type: ignore[attr-defined]
+            line = (lines or ["bad command line"])[0] + hint
+            raise SystemExit(_exit_with_line(line, code)) from None
+        except typer.Abort:
+            raise SystemExit(_exit_with_line("aborted", 1)) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
 
 
 def _version(value: bool) -> None:
@@ -54,6 +80,7 @@ def _root(
 def build_app() -> typer.Typer:
     """A Typer app with every command that the installed plugins register."""
     app = typer.Typer(
+        cls=Root,
         name="soundctm",
         context_settings=CONTEXT,
         no_args_is_help=True,
@@ -103,7 +130,11 @@ def main() -> None:
 
 
 def _exit_with(exc: SoundCTMError) -> int:
+    return _exit_with_line(str(exc), exc.exit_code)
+
+
+def _exit_with_line(message: str, code: int) -> int:
     try:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(message, code)
     except typer.Exit as e:
         return e.exit_code

@@ -127,7 +127,14 @@ def sample(
         model_dir = model_dir / "teacher"
 
     from soundctm.engine.audio_io import free_stem, save_sample, slug
-    from soundctm.engine.checkpoint import card_sha256
+    from soundctm.engine.checkpoint import card_sha256, read_card
+
+    card = read_card(model_dir)  # cheap checks against the card before the weights load
+    if settings.seconds is not None and settings.seconds > card.max_seconds:
+        raise InvalidArgumentError(
+            f"seconds must be in (0, {card.max_seconds:g}] for this model, got "
+            f"{settings.seconds:g} (the longest clip it makes)"
+        )
     from soundctm.engine.files import ensure_writable_dir
 
     status = err_console.status("loading model", spinner="dots")

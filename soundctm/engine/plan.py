@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from soundctm.engine.components import solver_options, solver_requires
 from soundctm.engine.ctm import STUDENT
+from soundctm.engine.specs import MAX_STEPS, MAX_STEPS_WHY
 from soundctm.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -155,6 +156,10 @@ def resolve_plan(
     seconds = card.seconds if seconds is None else _finite("seconds", seconds)
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise InvalidArgumentError(f"steps must be a whole number >= 1, got {steps}")
+    if steps > MAX_STEPS:
+        raise InvalidArgumentError(
+            f"steps must be at most {MAX_STEPS}, got {steps}: {MAX_STEPS_WHY}"
+        )
     if not 0.0 <= gamma <= 1.0:
         raise InvalidArgumentError(
             f"gamma must be between 0 and 1, got {gamma} "
