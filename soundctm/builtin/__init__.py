@@ -27,6 +27,11 @@ BACKBONES = {
         "SoundCTM-DiT: transformer over latent frames (rotary self-attention, text "
         "cross-attention, SwiGLU); teacher or CTM student",
     ),
+    "unet2d": (
+        "soundctm.builtin.unet:UNet2DBackbone",
+        "diffusers UNet2DConditionModel over [C, time, mel] latents (TANGO, the official "
+        "SoundCTM-UNet); teacher or CTM student",
+    ),
 }
 
 TEXT_ENCODERS = {
