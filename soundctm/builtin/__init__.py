@@ -43,6 +43,10 @@ TEXT_ENCODERS = {
         "soundctm.builtin.text:T5Encoder",
         "T5 / FLAN-T5 encoder from a local directory or the Hugging Face cache (never downloads)",
     ),
+    "flan-t5": (
+        "soundctm.builtin.text:FlanT5Encoder",
+        "FLAN-T5 with its weights in the checkpoint (the official SoundCTM-UNet's text encoder)",
+    ),
 }
 
 AUTOENCODERS = {

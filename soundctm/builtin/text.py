@@ -389,6 +389,71 @@ class T5Encoder(TransformersTextEncoder):
         self.to(device)
 
 
+class FlanT5Encoder(TransformersTextEncoder):
+    """FLAN-T5 as the official SoundCTM-UNet uses it, with its weights in soundctm checkpoints.
+
+    ``config`` is a ``T5Config`` as a dict: the encoder is built from it and its weights come
+    from the checkpoint (an importer copies them from the official files; docs/official-models.md
+    section A). Without ``config`` the pretrained weights of ``tokenizer`` are loaded (to train a
+    new teacher). ``tokenizer`` is a local folder or a hub id (the Hugging Face cache is used, and
+    a download happens only where transformers allows one: never with ``HF_HUB_OFFLINE=1``).
+    Tokenisation as the official: special tokens on (the EOS ends every prompt, so "" is one EOS
+    token), truncation at ``max_length`` = 512.
+    """
+
+    checkpoint_weights = True
+
+    def __init__(
+        self,
+        config: dict[str, Any] | None = None,
+        tokenizer: str = "google/flan-t5-large",
+        max_length: int = 512,
+        device: str = "cpu",
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        exact: bool = True,
+    ) -> None:
+        _check_max_length(max_length)
+        from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+        source = (
+            str(Path(tokenizer).expanduser())
+            if Path(tokenizer).expanduser().exists()
+            else tokenizer
+        )
+        try:
+            with quiet_transformers():
+                tok = AutoTokenizer.from_pretrained(source)
+                if config is None:
+                    model = T5EncoderModel.from_pretrained(source)
+                else:
+                    model = T5EncoderModel(T5Config(**config))
+        except (OSError, ValueError) as exc:
+            raise TextEncoderUnavailableError(
+                f"FLAN-T5 tokenizer {tokenizer!r} is not available ({_first_line(exc)}); "
+                f"download it once with `hf download {tokenizer}` or pass a local folder"
+            ) from exc
+        super().__init__(tok, model, max_length=max_length, cache_size=cache_size, exact=exact)
+        self.to(device)
+
+    # T5 ties its input embedding to ``shared``: one tensor under two names, which safetensors
+    # refuses to store twice. The checkpoint keeps ``shared``; loading restores the alias.
+    _ALIAS, _TIED = "model.encoder.embed_tokens.weight", "model.shared.weight"
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        alias, tied = prefix + self._ALIAS, prefix + self._TIED
+        if alias in state and tied in state and state[alias].data_ptr() == state[tied].data_ptr():
+            del state[alias]
+        return state
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        state = dict(state_dict)
+        if self._TIED in state and self._ALIAS not in state:
+            state[self._ALIAS] = state[self._TIED]
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -399,6 +464,7 @@ __all__ = [
     "EXPORT_EXAMPLE_PROMPT",
     "CacheInfo",
     "CachedTextEncoder",
+    "FlanT5Encoder",
     "MiniLMEncoder",
     "T5Encoder",
     "TextEncoderGraph",

@@ -21,6 +21,10 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
         "soundctm.cli.pack:pack",
         "Pack a checkpoint for distribution (half-precision weights, bundled teacher)",
     ),
+    "import": (
+        "soundctm.cli.importer:import_app",
+        "Convert an official SoundCTM release into a soundctm checkpoint",
+    ),
     "eval": (
         "soundctm.cli.eval:eval_app",
         "Evaluate audio or models: FD/FAD, KL, IS, CLAP, SynthCaps attributes, content "
