@@ -109,6 +109,13 @@ EMBEDDERS = {
     ),
 }
 
+IMPORTERS = {
+    "soundctm-unet": (
+        "soundctm.builtin.official.soundctm_unet:import_soundctm_unet",
+        "The official SoundCTM-UNet, 16 kHz (Hugging Face Sony/soundctm)",
+    ),
+}
+
 #: The built-in commands are listed from the CLI's own table (the app adds them itself).
 COMMANDS = BUILTIN_COMMANDS
 
@@ -152,6 +159,12 @@ def register_embedders(register: Register) -> None:
 @hookimpl
 def register_solvers(register: Register) -> None:
     for name, (target, description) in SOLVERS.items():
+        register(name, target, description=description)
+
+
+@hookimpl
+def register_importers(register: Register) -> None:
+    for name, (target, description) in IMPORTERS.items():
         register(name, target, description=description)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from soundctm.errors import CheckpointError
 
@@ -25,10 +26,29 @@ def load_model(model_dir: Path, device: str):  # noqa: ANN201 - a Pipeline or an
     return Pipeline.load(model_dir, device=resolve_device(device))
 
 
-def resolve_model(model: Path | None) -> Path:
-    """``model`` or the packaged default; a clear error if there is neither."""
+def resolve_model(model: Path | str | None) -> Path:
+    """``model`` (a folder or an ``hf:OWNER/REPO[@REV]`` hub id, downloaded and converted on
+    first use) or the packaged default; a clear error if there is neither."""
+    return resolve_model_source(model)[0]
+
+
+def resolve_model_source(model: Path | str | None) -> tuple[Path, dict[str, Any] | None]:
+    """:func:`resolve_model` and, for a hub id, its origin (repo, revision, commit)."""
+    from soundctm.engine.hub import is_hub_id
+
+    if is_hub_id(model):
+        from soundctm.cli.common import err_console
+        from soundctm.engine.hub import resolve
+        from soundctm.events import Message
+
+        def show(event: object) -> None:
+            if isinstance(event, Message):
+                err_console.print(event.text, highlight=False, soft_wrap=True, markup=False)
+
+        found = resolve(str(model), callback=show)
+        return found.path, found.record()
     if model is not None:
-        return model
+        return Path(model), None
     default = default_model_path()
     if default is None:
         raise CheckpointError(
@@ -36,4 +56,4 @@ def resolve_model(model: Path | None) -> Path:
             "(a checkpoint folder, e.g. runs/NAME/latest written by `soundctm train`) or set "
             "SOUNDCTM_SAMPLE_MODEL"
         )
-    return default
+    return default, None

@@ -52,7 +52,9 @@ def refine(
     params = params_from_record(record)
     out_dir = ensure_writable_dir(settings.out or file.parent)
     if settings.model is not None:
-        model_dir = settings.model
+        from soundctm.cli.models import resolve_model
+
+        model_dir = resolve_model(settings.model)
     else:
         stored = record.get("model")
         if not stored:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from soundctm.cli.common import console, err_console
-from soundctm.cli.models import load_model, resolve_model
+from soundctm.cli.models import load_model, resolve_model_source
 from soundctm.cli.options import (
     BatchSize,
     Device,
@@ -117,7 +117,7 @@ def sample(
             "no prompts given; pass one or more prompts or --prompts-file FILE"
         )
 
-    model_dir = resolve_model(settings.model)
+    model_dir, hub = resolve_model_source(settings.model)
     if teacher:
         if not (model_dir / "teacher" / "model.json").is_file():
             raise CheckpointError(
@@ -174,6 +174,7 @@ def sample(
                         sample_rate=gen.sample_rate,
                         model_path=model_dir,
                         model_card_sha256=card_hash,
+                        extra={"model_hub": hub} if hub else None,
                     )
                 )
                 bar.log(f"wrote {path}")

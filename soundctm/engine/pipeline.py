@@ -26,6 +26,8 @@ from soundctm.engine.checkpoint import (
 )
 from soundctm.engine.components import checkpoint_weights, expand_params
 from soundctm.engine.ctm import CTM, STUDENT, TEACHER
+from soundctm.engine.hub import is_hub_id
+from soundctm.engine.hub import resolve as resolve_hub
 from soundctm.engine.plan import GAMMA_SOLVER, TEACHER_SOLVER, SampleParams, SamplingPlan
 from soundctm.engine.sampler import Generation, Sampler, SamplingAPI
 from soundctm.errors import CheckpointError
@@ -116,7 +118,10 @@ class Pipeline(SamplingAPI):
         verify: bool = True,
         registry: Registry | None = None,
     ) -> Pipeline:
-        """Rebuild a pipeline from a checkpoint directory; the card is all it needs."""
+        """Rebuild a pipeline from a checkpoint directory (or a hub id ``hf:OWNER/REPO[@REV]``,
+        see :mod:`soundctm.engine.hub`); the card is all it needs."""
+        if is_hub_id(path):
+            path = resolve_hub(str(path), registry=registry).path
         path = Path(path)
         card = read_card(path)
         registry = registry or get_registry()

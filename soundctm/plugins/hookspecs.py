@@ -91,6 +91,17 @@ def register_embedders(register: Register) -> None:
 
 
 @hookspec
+def register_importers(register: Register) -> None:
+    """Register importers of released models: ``importer(src, out, **options) -> Path`` converts
+    a release folder into a soundctm checkpoint at ``out``.
+
+    The function may carry ``hub_repos`` (Hugging Face repositories it converts, so that
+    ``--model hf:OWNER/REPO`` works), ``hub_files`` (the file patterns to download; all if
+    absent) and ``converter_version`` (an int that keys the converted-model cache).
+    """
+
+
+@hookspec
 def register_commands(register: Register) -> None:
     """Register CLI commands: the target is a plain function that Typer turns into a command.
 

@@ -35,6 +35,7 @@ KINDS: dict[str, str] = {
     "dataset": "register_datasets",
     "metric": "register_metrics",
     "embedder": "register_embedders",
+    "importer": "register_importers",
     "command": "register_commands",
 }
 

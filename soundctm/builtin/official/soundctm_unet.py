@@ -53,7 +53,7 @@ class OfficialFiles:
     """Where the official files are in a source folder."""
 
     root: Path
-    teacher: Path
+    teacher: Path | None
     stage1: Path
     online: Path
     ema: Path | None
@@ -66,8 +66,9 @@ class OfficialFiles:
         return {str(p.relative_to(self.root)): p for p in files if p is not None}
 
 
-def locate(src: Path, unet_config: Path | None = None) -> OfficialFiles:
-    """Find the official files under ``src`` (the hub layout); one line naming what is missing."""
+def locate(src: Path, unet_config: Path | None = None, *, teacher: bool = True) -> OfficialFiles:
+    """Find the official files under ``src`` (the hub layout); one line naming what is missing.
+    The teacher's file is needed only with ``teacher``."""
     src = Path(src)
     if not src.is_dir():
         raise InvalidArgumentError(f"{str(src)!r} is not a folder; pass the official folder")
@@ -94,7 +95,7 @@ def locate(src: Path, unet_config: Path | None = None) -> OfficialFiles:
         raise InvalidArgumentError(f"UNet config {str(unet_config)!r} does not exist")
     return OfficialFiles(
         root=src,
-        teacher=need(TEACHER_FILE),
+        teacher=need(TEACHER_FILE) if teacher else None,
         stage1=need(STAGE1_FILE),
         online=need(f"{step}/{ONLINE_FILE}"),
         ema=ema[-1] if ema else None,
@@ -236,7 +237,7 @@ def import_soundctm_unet(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidArgumentError(f"{out} exists and is not empty; choose a new --out folder")
-    files = locate(Path(src), Path(unet_config) if unet_config else None)
+    files = locate(Path(src), Path(unet_config) if unet_config else None, teacher=teacher)
     if weights == "ema" and files.ema is None:
         raise CheckpointError(
             f"{files.online.parent} has no ema_*.pt file; import the online weights with "
@@ -290,7 +291,7 @@ def import_soundctm_unet(
             provenance("ctm"),
         )
         del unet_state, t5_state
-        if teacher:
+        if files.teacher is not None:
             emit(callback, Message("converting the teacher"))
             state = load_torch_file(files.teacher, trust_pickle=trust_pickle)
             _write(
@@ -309,6 +310,16 @@ def import_soundctm_unet(
 
     write_dir_atomic(out, fill)
     return out
+
+
+import_soundctm_unet.hub_repos = ("Sony/soundctm",)  # type: ignore[attr-defined]
+#: What ``--model hf:Sony/soundctm`` downloads: the student and stage 1, not the teacher.
+import_soundctm_unet.hub_files = (  # type: ignore[attr-defined]
+    STAGE1_FILE,
+    f"{STUDENT_DIR}/*",
+    "configs/*",
+)
+import_soundctm_unet.converter_version = CONVERTER_VERSION  # type: ignore[attr-defined]
 
 
 def _write(
