@@ -142,7 +142,9 @@ def test_sample_with_a_component_of_a_broken_plugin_is_one_line(tmp_path, monkey
     (student_dir / "model.json").write_text(json.dumps(card))
     monkeypatch.syspath_prepend(str(site))
     reg.reset_registry()
-    r = CliRunner().invoke(build_app(), ["sample", "a beep", "--model", str(student_dir)])
+    r = CliRunner().invoke(
+        build_app(), ["sample", "a beep", "--model", str(student_dir), "-o", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2, r.output
     err = r.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.output

@@ -116,7 +116,12 @@ class Pipeline(SamplingAPI):
         verify: bool = True,
         registry: Registry | None = None,
     ) -> Pipeline:
-        """Rebuild a pipeline from a checkpoint directory; the card is all it needs."""
+        """Rebuild a pipeline from a checkpoint directory; the card is all it needs.
+
+        Every weights file must lie inside ``path`` and, with ``verify`` (the default), match
+        the SHA-256 the card lists for it (a missing hash is an error). ``verify=False`` is the
+        explicit opt-out: it loads files without checking (or needing) their hashes.
+        """
         path = Path(path)
         card = read_card(path)
         registry = registry or get_registry()
