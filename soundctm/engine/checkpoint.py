@@ -241,18 +241,11 @@ def read_weights(
     which catches truncation and bit rot; ``verify=False`` is the explicit way to load a file
     whose hash is missing or not to be checked.
     """
-    comp = card.components[kind]
-    if comp.file is None:
+    file = component_file(path, card, kind)
+    if file is None:
         return {}
-    card_path = Path(path) / CARD_FILE
-    file = inside_file(Path(path), comp.file, field=f"components.{kind}.file", where=card_path)
-    if not file.is_file():
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} lacks {comp.file}, named in its model.json; "
-            "the checkpoint is incomplete: copy it again or re-save it"
-        )
     if verify:
-        verify_file(card, kind, file, card_path)
+        verify_file(card, kind, file, Path(path) / CARD_FILE)
     try:
         tensors: dict[str, Tensor] = {}
         with safe_open(str(file), framework="pt") as fh:
@@ -264,6 +257,22 @@ def read_weights(
             "truncated: copy it again or re-save it"
         ) from exc
     return tensors
+
+
+def component_file(path: Path, card: ModelCard, kind: str) -> Path | None:
+    """The weights file of component ``kind`` (``None`` if it has none): inside ``path`` (see
+    :func:`inside_file`) and present, or a one-line :class:`CheckpointError`."""
+    comp = card.components[kind]
+    if comp.file is None:
+        return None
+    card_path = Path(path) / CARD_FILE
+    file = inside_file(Path(path), comp.file, field=f"components.{kind}.file", where=card_path)
+    if not file.is_file():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} lacks {comp.file}, named in its model.json; "
+            "the checkpoint is incomplete: copy it again or re-save it"
+        )
+    return file
 
 
 def verify_file(card: ModelCard, kind: str, file: Path, card_path: Path) -> None:

@@ -28,6 +28,7 @@ from soundctm.engine.components import checkpoint_weights, expand_params
 from soundctm.engine.ctm import CTM, STUDENT, TEACHER
 from soundctm.engine.plan import GAMMA_SOLVER, TEACHER_SOLVER, SampleParams, SamplingPlan
 from soundctm.engine.sampler import Generation, Sampler, SamplingAPI
+from soundctm.engine.sizes import check_sizes
 from soundctm.errors import CheckpointError
 from soundctm.plugins.registry import Registry, get_registry
 
@@ -118,13 +119,16 @@ class Pipeline(SamplingAPI):
     ) -> Pipeline:
         """Rebuild a pipeline from a checkpoint directory; the card is all it needs.
 
-        Every weights file must lie inside ``path`` and, with ``verify`` (the default), match
+        The card is first checked against the weights files (:func:`~soundctm.engine.sizes.
+        check_sizes`), so an absurd card fails before anything is allocated. Every weights file
+        must lie inside ``path`` and, with ``verify`` (the default), match
         the SHA-256 the card lists for it (a missing hash is an error). ``verify=False`` is the
         explicit opt-out: it loads files without checking (or needing) their hashes.
         """
         path = Path(path)
         card = read_card(path)
         registry = registry or get_registry()
+        check_sizes(path, card, registry)  # before anything is built or allocated
         built = {}
         for kind in COMPONENT_KINDS:
             comp = card.components[kind]
