@@ -239,3 +239,49 @@ def test_broken_plugin_commands_do_not_break_the_cli(tmp_path):
     listing = cli(site, "plugins")
     assert listing.returncode == 0
     assert len([x for x in listing.stdout.splitlines() if "soundctm-badcmd" in x]) == 3
+
+
+FACTORY_PLUGIN = """
+from soundctm import hookimpl
+
+@hookimpl
+def register_backbones(register):
+    register("explodes", "soundctm_badfactory.components:Explodes")
+"""
+
+FACTORY_COMPONENTS = """
+class Explodes:
+    def __init__(self, **params):
+        raise RuntimeError("factory exploded")
+"""
+
+
+def test_a_plugin_factory_that_raises_is_a_one_line_plugin_error(
+    tmp_path, monkeypatch, student_dir
+):
+    site = make_dist(
+        tmp_path / "site",
+        "soundctm-badfactory",
+        {
+            "soundctm_badfactory/__init__.py": "",
+            "soundctm_badfactory/plugin.py": FACTORY_PLUGIN,
+            "soundctm_badfactory/components.py": FACTORY_COMPONENTS,
+        },
+        "badfactory = soundctm_badfactory.plugin",
+    )
+    monkeypatch.syspath_prepend(str(site))
+    reg.reset_registry()
+    with pytest.raises(PluginError) as info:
+        reg.get_registry().build("backbone", "explodes")
+    message = str(info.value)
+    assert "soundctm-badfactory" in message and "RuntimeError: factory exploded" in message
+    card = json.loads((student_dir / "model.json").read_text())
+    card["components"]["backbone"]["name"] = "explodes"
+    (student_dir / "model.json").write_text(json.dumps(card))
+    r = CliRunner().invoke(
+        build_app(), ["sample", "a beep", "--model", str(student_dir), "-o", str(tmp_path / "o")]
+    )
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.output
+    assert "soundctm-badfactory" in err and "factory exploded" in err

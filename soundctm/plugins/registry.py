@@ -27,7 +27,7 @@ from typing import Any
 import pluggy
 
 from soundctm._version import __version__
-from soundctm.errors import PluginError, UnknownComponentError
+from soundctm.errors import PluginError, SoundCTMError, UnknownComponentError
 from soundctm.plugins import hookspecs
 
 ENTRY_POINT_GROUP = "soundctm"
@@ -320,13 +320,28 @@ class Registry:
         return self.get(kind, name).load()
 
     def build(self, kind: str, name: str, **params: Any) -> Any:
-        """Call the factory of ``name`` with ``params`` (its card parameters)."""
-        factory = self.load(kind, name)
+        """Call the factory of ``name`` with ``params`` (its card parameters).
+
+        A factory of an outside plugin that raises something other than a
+        :class:`~soundctm.errors.SoundCTMError` is a broken plugin: a :class:`PluginError` that
+        names the plugin, its distribution and the exception."""
+        entry = self.get(kind, name)
+        factory = entry.load()
         try:
             return factory(**params)
         except TypeError as exc:
             raise PluginError(
                 f"cannot build {kind.replace('_', ' ')} {name!r} with parameters {params}: {exc}"
+            ) from exc
+        except SoundCTMError:
+            raise
+        except Exception as exc:
+            if entry.plugin == BUILTIN_NAME:
+                raise
+            source = entry.source or PluginSource(entry.plugin, entry.version)
+            raise PluginError(
+                f"{kind.replace('_', ' ')} {name!r} of {source.label()} failed to build "
+                f"({type(exc).__name__}: {one_line(exc)}); fix, update or uninstall that plugin"
             ) from exc
 
 
