@@ -33,6 +33,7 @@ only conditioning path, as in the official model.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -40,7 +41,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from soundctm.engine.components import ExpandsParams, HasLastLayer, HasMaxFrames, TeacherFeatures
+from soundctm.engine.components import (
+    CountsParameters,
+    ExpandsParams,
+    HasLastLayer,
+    HasMaxFrames,
+    TeacherFeatures,
+)
 from soundctm.engine.conditioning import Conditioning
 from soundctm.errors import InvalidArgumentError
 
@@ -307,7 +314,73 @@ class DiTBlock(nn.Module):
         return h + self.mlp(self.norm_mlp(h))
 
 
-class DiT(nn.Module, TeacherFeatures, HasLastLayer, HasMaxFrames, ExpandsParams):
+#: Upper bounds a card must respect, checked before anything is built: far above any real
+#: model (the official 1B model has width 1536 and depth 24), low enough that an absurd card
+#: fails in microseconds instead of allocating terabytes or building for minutes.
+DIT_LIMITS: dict[str, int | float] = {
+    "in_channels": 1 << 20,
+    "width": 1 << 20,
+    "depth": 1024,
+    "heads": 1 << 16,
+    "text_dim": 1 << 20,
+    "max_frames": 1 << 24,
+    "time_features": 1 << 20,
+    "patch_size": 1024,
+    "mlp_ratio": 64.0,
+}
+
+
+def _number(value: float) -> str:
+    """``1,048,576`` for an integer, ``64`` or ``1e+12`` for a float."""
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _check_config(
+    *,
+    in_channels: int,
+    width: int,
+    depth: int,
+    heads: int,
+    text_dim: int,
+    max_frames: int,
+    rotary_fraction: float,
+    mlp_ratio: float,
+    time_features: int,
+    patch_size: int,
+) -> None:
+    """Refuse DiT arguments that are inconsistent or out of bounds (:data:`DIT_LIMITS`)."""
+    sizes = {
+        "in_channels": in_channels,
+        "width": width,
+        "depth": depth,
+        "heads": heads,
+        "text_dim": text_dim,
+        "max_frames": max_frames,
+        "time_features": time_features,
+        "patch_size": patch_size,
+        "mlp_ratio": mlp_ratio,
+    }
+    for name, value in sizes.items():
+        if value > DIT_LIMITS[name]:
+            raise InvalidArgumentError(
+                f"DiT {name} must be at most {_number(DIT_LIMITS[name])}, got "
+                f"{_number(value)}; the card or settings are wrong"
+            )
+    if min(in_channels, depth, text_dim, max_frames, patch_size) < 1:
+        raise InvalidArgumentError(
+            "DiT in_channels, depth, text_dim, max_frames and patch_size must be positive"
+        )
+    if heads < 1 or width < 1 or width % heads:
+        raise InvalidArgumentError(f"DiT width {width} must be divisible by heads {heads}")
+    if time_features % 2 or time_features < 2:
+        raise InvalidArgumentError(f"DiT time_features must be even, got {time_features}")
+    if not 0.0 <= rotary_fraction <= 1.0:
+        raise InvalidArgumentError(f"DiT rotary_fraction must be in [0, 1], got {rotary_fraction}")
+    if not mlp_ratio > 0:
+        raise InvalidArgumentError(f"DiT mlp_ratio must be positive, got {mlp_ratio}")
+
+
+class DiT(nn.Module, TeacherFeatures, HasLastLayer, HasMaxFrames, ExpandsParams, CountsParameters):
     """The SoundCTM diffusion transformer (raw network ``F``; method.md §3, §6).
 
     ``forward(x [B, C, T], t_noise [B], s_noise [B] | None, omega [B] | None, cond)
@@ -332,6 +405,36 @@ class DiT(nn.Module, TeacherFeatures, HasLastLayer, HasMaxFrames, ExpandsParams)
         preset = params.pop("preset", None)
         return dit_config(preset, **params) if preset is not None else params
 
+    @staticmethod
+    def parameter_count(params: dict[str, Any]) -> int:
+        """The number of values in the state dict of ``DiT(**params)``, computed without
+        building it (so a checkpoint's card can be checked against its weights file first).
+
+        Raises the constructor's :class:`InvalidArgumentError` for a card out of bounds, and
+        ``TypeError`` for a parameter the constructor does not take.
+        """
+        unknown = set(params) - set(_DIT_DEFAULTS)
+        if unknown:
+            raise TypeError(f"DiT got unexpected parameters {sorted(unknown)}")
+        p = {**_DIT_DEFAULTS, **params}
+        _check_config(**{k: v for k, v in p.items() if k not in {"student", "dropout"}})
+        w, tf, td = int(p["width"]), int(p["time_features"]), int(p["text_dim"])
+        c = int(p["in_channels"]) * int(p["patch_size"])
+        hidden = swiglu_hidden(w, float(p["mlp_ratio"]))
+        block = 3 * 2 * w + 8 * w * w + 3 * w * hidden  # 3 LayerNorms, 2 attentions, SwiGLU
+        return (
+            tf // 2  # time_frequencies
+            + (tf * w + w)
+            + (w * w + w)  # time_mlp
+            + (w if p["student"] else 0)  # student_gate
+            + (td * w + w)
+            + (w * w + w)  # text_in
+            + (c * w + w)  # proj_in
+            + int(p["depth"]) * block
+            + 2 * w  # norm_out
+            + (w * c + c)  # proj_out
+        )
+
     def __init__(
         self,
         in_channels: int = 64,
@@ -348,18 +451,18 @@ class DiT(nn.Module, TeacherFeatures, HasLastLayer, HasMaxFrames, ExpandsParams)
         patch_size: int = 1,
     ) -> None:
         super().__init__()
-        if width % heads:
-            raise InvalidArgumentError(f"DiT width {width} must be divisible by heads {heads}")
-        if time_features % 2 or time_features < 2:
-            raise InvalidArgumentError(f"DiT time_features must be even, got {time_features}")
-        if not 0.0 <= rotary_fraction <= 1.0:
-            raise InvalidArgumentError(
-                f"DiT rotary_fraction must be in [0, 1], got {rotary_fraction}"
-            )
-        if min(in_channels, depth, text_dim, max_frames, patch_size) < 1:
-            raise InvalidArgumentError(
-                "DiT in_channels, depth, text_dim, max_frames and patch_size must be positive"
-            )
+        _check_config(
+            in_channels=in_channels,
+            width=width,
+            depth=depth,
+            heads=heads,
+            text_dim=text_dim,
+            max_frames=max_frames,
+            rotary_fraction=rotary_fraction,
+            mlp_ratio=mlp_ratio,
+            time_features=time_features,
+            patch_size=patch_size,
+        )
         self.config = {
             "in_channels": in_channels,
             "width": width,
@@ -497,3 +600,11 @@ class DiT(nn.Module, TeacherFeatures, HasLastLayer, HasMaxFrames, ExpandsParams)
         feats: list[Tensor] = []
         self._run(x, t_noise, s_noise, omega, cond, features=feats)
         return feats
+
+
+#: The constructor defaults of :class:`DiT` (for :meth:`DiT.parameter_count`).
+_DIT_DEFAULTS: dict[str, Any] = {
+    name: param.default
+    for name, param in inspect.signature(DiT.__init__).parameters.items()
+    if name != "self"
+}

@@ -27,6 +27,16 @@ LOG_MEL_MEAN = -7.9
 LOG_MEL_STD = 3.77
 
 
+#: Upper bounds checked before the filterbank is built (an absurd card fails at once instead of
+#: allocating a filterbank of ``n_mels x n_fft`` values or looping for hours).
+MEL_LIMITS: dict[str, int] = {
+    "sample_rate": 768_000,
+    "n_fft": 1 << 16,
+    "n_mels": 4096,
+    "griffin_lim_iters": 100_000,
+}
+
+
 class MelAutoencoder(nn.Module, PhaseRetrieval, CheckpointWeights):
     """Log-mel latents ``[B, n_mels, frames]`` with a Griffin-Lim decoder; nothing to train.
 
@@ -82,6 +92,20 @@ class MelAutoencoder(nn.Module, PhaseRetrieval, CheckpointWeights):
         log_std: float = LOG_MEL_STD,
     ) -> None:
         super().__init__()
+        limits = {
+            "sample_rate": (sample_rate, MEL_LIMITS["sample_rate"]),
+            "n_fft": (n_fft, MEL_LIMITS["n_fft"]),
+            "n_mels": (n_mels, MEL_LIMITS["n_mels"]),
+            "griffin_lim_iters": (griffin_lim_iters, MEL_LIMITS["griffin_lim_iters"]),
+        }
+        for name, (value, limit) in limits.items():
+            if value > limit:
+                raise InvalidArgumentError(
+                    f"mel {name} must be at most {limit:,}, got {value:,}; the card or settings "
+                    "are wrong"
+                )
+        if sample_rate < 1:
+            raise InvalidArgumentError(f"mel sample_rate must be positive, got {sample_rate}")
         if hop_length < 1 or hop_length > n_fft or n_fft < 2:
             raise InvalidArgumentError(
                 f"need 1 <= hop_length <= n_fft, got hop_length={hop_length}, n_fft={n_fft}"

@@ -10,6 +10,8 @@ typer and the command modules, never torch, so ``soundctm --help`` answers at on
 from __future__ import annotations
 
 import importlib
+import sys
+import traceback
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -20,6 +22,7 @@ from soundctm.cli.commands import BUILTIN_COMMANDS
 from soundctm.cli.common import fail, handle_errors, state
 from soundctm.cli.options import Command, Group
 from soundctm.errors import PluginError, SoundCTMError
+from soundctm.plugins.registry import Entry, PluginFailure, PluginSource, Registry, one_line
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -94,17 +97,46 @@ def build_app() -> typer.Typer:
 
     for name, (target, _) in BUILTIN_COMMANDS.items():
         _add_command(app, name, _load_builtin(target))
-    for entry in get_registry().entries("command"):
+    registry = get_registry()
+    for entry in registry.entries("command"):
         if entry.plugin == BUILTIN_NAME:
             continue
+        _add_plugin_command(app, registry, entry)
+    return app
+
+
+def _add_plugin_command(app: typer.Typer, registry: Registry, entry: Entry) -> None:
+    """Add a plugin's command; one that cannot be loaded or built is recorded in the registry
+    and replaced by a command that exits 2 with one line saying why."""
+    try:
         fn = entry.load()
         if not callable(fn):
-            raise PluginError(
-                f"command {entry.name!r} of plugin {entry.plugin!r} is not a function; "
-                "fix or uninstall that plugin"
-            )
-        _add_command(app, entry.name, fn)
-    return app
+            raise PluginError(f"its target {entry.target_name!r} is not a function")
+        probe = typer.Typer()
+        _add_command(probe, entry.name, fn)
+        typer.main.get_command(probe)  # typer refuses parameters it cannot parse here
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc, PluginError) and exc.__cause__ else exc
+        source = entry.source or PluginSource(entry.plugin, entry.version)
+        failure = PluginFailure(
+            source, f"command {entry.name!r}", type(cause).__name__, one_line(cause), cause
+        )
+        registry.record_failure(failure)
+        _add_broken_command(app, entry.name, failure)
+        return
+    _add_command(app, entry.name, fn)
+
+
+def _add_broken_command(app: typer.Typer, name: str, failure: PluginFailure) -> None:
+    """A stand-in for a plugin command that cannot be used: it takes any arguments and fails."""
+
+    def broken() -> None:
+        raise PluginError(failure.describe()) from failure.exception
+
+    settings = {**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True}
+    app.command(
+        name=name, help=f"(broken: {failure.cause})", cls=Command, context_settings=settings
+    )(handle_errors(broken))
 
 
 def _load_builtin(target: str) -> Callable[..., Any] | typer.Typer:
@@ -126,7 +158,19 @@ def main() -> None:
         app = build_app()
     except SoundCTMError as exc:
         raise SystemExit(_exit_with(exc)) from None
+    _warn_broken_plugins(debug=state.debug or "--debug" in sys.argv[1:])
     app()
+
+
+def _warn_broken_plugins(*, debug: bool) -> None:
+    """One ``warning: ...`` line on stderr per broken plugin (with ``debug``, its traceback)."""
+    from soundctm.plugins.registry import get_registry
+
+    for failure in get_registry().failures:
+        typer.echo(f"warning: {failure.describe()}", err=True)
+        if debug and failure.exception is not None:
+            text = "".join(traceback.format_exception(failure.exception))
+            typer.echo(text, err=True, nl=False)
 
 
 def _exit_with(exc: SoundCTMError) -> int:

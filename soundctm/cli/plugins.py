@@ -24,10 +24,15 @@ def plugins(
         ),
     ] = None,
 ) -> None:
-    """List installed components by kind, with the plugin, version and description of each."""
+    """List installed components by kind, with the plugin, version and description of each.
+
+    Broken plugins (and plugin commands) are listed after the table, one line each, with their
+    distribution, entry point and the error; in JSON they are rows of kind ``broken``.
+    """
     if kind is not None and kind not in KINDS:
         raise InvalidArgumentError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
-    entries = list(get_registry().entries(kind))
+    registry = get_registry()
+    entries = list(registry.entries(kind))
     rows = [
         {
             "kind": e.kind,
@@ -39,8 +44,23 @@ def plugins(
         }
         for e in entries
     ]
+    broken = [
+        {
+            "kind": "broken",
+            "name": f.plugin,
+            "plugin": f.plugin,
+            "version": f.version,
+            "target": f.entry_point or "",
+            "description": f.describe(),
+            "distribution": f.distribution,
+            "entry_point": f.entry_point,
+            "stage": f.stage,
+            "error": f.cause,
+        }
+        for f in registry.failures
+    ]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps(rows + broken, indent=2))
         return
     table = Table(title="soundctm components", show_lines=False)
     for col in ("kind", "name", "plugin", "version", "description"):
@@ -48,3 +68,5 @@ def plugins(
     for r in rows:
         table.add_row(r["kind"], r["name"], r["plugin"], r["version"], r["description"])
     console.print(table)
+    for row in broken:  # plain lines, never wrapped, so each one can be grepped
+        typer.echo(f"broken: {row['description']}")

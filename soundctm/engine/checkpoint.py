@@ -6,13 +6,19 @@ parameters), sigma_data, sample rate, clip length, sampling defaults and provena
 ``.safetensors`` file carries the same card in its metadata (key ``soundctm.card``) and the
 card lists each file's SHA-256, so a truncated or corrupted file is detected on load.
 No pickle anywhere.
+
+Reading is strict: ``format_version`` must be a positive integer; a component ``file`` must be a
+relative path that stays inside the checkpoint folder (no absolute path, no ``..``, no symlink
+that leads out); and every file that exists must have its ``sha256`` in the card. Only an explicit
+``verify=False`` (:func:`read_weights`, ``Pipeline.load``) loads a file without checking its hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,6 +36,7 @@ CARD_FORMAT = "soundctm-checkpoint"
 CARD_VERSION = 1
 METADATA_KEY = "soundctm.card"
 COMPONENT_KINDS = ("backbone", "text_encoder", "autoencoder")
+SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 
 
 #: A component of a card (``{name, params, file, sha256}``): the one component-spec type that
@@ -55,7 +62,7 @@ class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["soundctm-checkpoint"] = CARD_FORMAT
-    format_version: int = CARD_VERSION
+    format_version: int = Field(default=CARD_VERSION, ge=1, strict=True)
     kind: Literal["teacher", "ctm"]
     sigma_data: float = Field(gt=0)
     sigma_min: float = Field(default=0.002, gt=0)
@@ -159,18 +166,69 @@ def read_card(path: Path) -> ModelCard:
         raise CheckpointError(
             f"{card_path} is not a soundctm model card (no format {CARD_FORMAT!r})"
         )
-    version = data.get("format_version")
-    if not isinstance(version, int) or version > CARD_VERSION:
-        raise CheckpointError(
-            f"{card_path} has card format version {version!r}, newer than this soundctm supports "
-            f"({CARD_VERSION}); upgrade soundctm"
-        )
+    check_format_version(data.get("format_version"), card_path, CARD_VERSION)
     try:
-        return ModelCard.model_validate(data)
+        card = ModelCard.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "card"
         raise CheckpointError(f"{card_path} is invalid at {where}: {first['msg']}") from exc
+    for kind, comp in card.components.items():
+        if comp.file is not None:
+            inside_file(path, comp.file, field=f"components.{kind}.file", where=card_path)
+        if comp.sha256 and not SHA256_PATTERN.fullmatch(comp.sha256):
+            raise CheckpointError(
+                f"{card_path} is invalid at components.{kind}.sha256: {comp.sha256!r} is not a "
+                "SHA-256 digest (64 hex digits); the checkpoint is damaged: re-save it"
+            )
+    return card
+
+
+def check_format_version(version: object, where: Path, supported: int) -> int:
+    """``version`` if it is a positive integer no newer than ``supported``; else a one-line
+    :class:`CheckpointError` (``True``, ``1.0``, ``"1"``, ``0`` and ``-7`` are all refused)."""
+    if type(version) is not int or version < 1:
+        raise CheckpointError(
+            f"{where} has format_version {version!r}, which must be a positive integer "
+            f"(this soundctm reads versions 1 to {supported}); the file is damaged or not "
+            "written by soundctm"
+        )
+    if version > supported:
+        raise CheckpointError(
+            f"{where} has format version {version!r}, newer than this soundctm supports "
+            f"({supported}); upgrade soundctm"
+        )
+    return version
+
+
+def inside_file(root: Path, name: object, *, field: str, where: Path) -> Path:
+    """``root / name``, refused with a :class:`CheckpointError` naming ``field`` (in ``where``)
+    unless ``name`` is a relative path that stays inside ``root``.
+
+    Refused: a non-string or empty name, an absolute path (POSIX or Windows), any ``..``
+    component, and a path that resolves (symlinks followed) outside ``root`` or to ``root``
+    itself. ``root`` may itself be reached through a symlink. The file need not exist.
+    """
+    problem = ""
+    if not isinstance(name, str) or not name.strip():
+        problem = "is not a file name"
+    else:
+        posix, windows = PurePosixPath(name), PureWindowsPath(name)
+        if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
+            problem = "is an absolute path"
+        elif ".." in posix.parts or ".." in windows.parts:
+            problem = "contains '..'"
+        else:
+            base = Path(root).resolve()
+            target = (Path(root) / name).resolve()
+            if target == base or base not in target.parents:
+                problem = f"resolves to {str(target)!r}, outside the folder {str(base)!r}"
+    if problem:
+        raise CheckpointError(
+            f"{where} is invalid at {field}: {name!r} {problem}; files named there must be "
+            "relative paths inside the model folder: the model is damaged or unsafe, do not use it"
+        )
+    return Path(root) / str(name)
 
 
 def read_weights(
@@ -178,22 +236,16 @@ def read_weights(
 ) -> dict[str, Tensor]:
     """Load the state dict of component ``kind`` (empty if it has no file).
 
-    With ``verify`` the file's SHA-256 must match the card, which catches truncation and bit rot.
+    The file must lie inside ``path`` (see :func:`inside_file`), whatever ``verify`` says. With
+    ``verify`` (the default) the card must list the file's SHA-256 and the file must match it,
+    which catches truncation and bit rot; ``verify=False`` is the explicit way to load a file
+    whose hash is missing or not to be checked.
     """
-    comp = card.components[kind]
-    if comp.file is None:
+    file = component_file(path, card, kind)
+    if file is None:
         return {}
-    file = Path(path) / comp.file
-    if not file.is_file():
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} lacks {comp.file}, named in its model.json; "
-            "the checkpoint is incomplete: copy it again or re-save it"
-        )
-    if verify and comp.sha256 and sha256_file(file) != comp.sha256:
-        raise CheckpointError(
-            f"{file} is corrupt or truncated (its SHA-256 differs from model.json); "
-            "copy the checkpoint again or re-save it"
-        )
+    if verify:
+        verify_file(card, kind, file, Path(path) / CARD_FILE)
     try:
         tensors: dict[str, Tensor] = {}
         with safe_open(str(file), framework="pt") as fh:
@@ -205,3 +257,36 @@ def read_weights(
             "truncated: copy it again or re-save it"
         ) from exc
     return tensors
+
+
+def component_file(path: Path, card: ModelCard, kind: str) -> Path | None:
+    """The weights file of component ``kind`` (``None`` if it has none): inside ``path`` (see
+    :func:`inside_file`) and present, or a one-line :class:`CheckpointError`."""
+    comp = card.components[kind]
+    if comp.file is None:
+        return None
+    card_path = Path(path) / CARD_FILE
+    file = inside_file(Path(path), comp.file, field=f"components.{kind}.file", where=card_path)
+    if not file.is_file():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} lacks {comp.file}, named in its model.json; "
+            "the checkpoint is incomplete: copy it again or re-save it"
+        )
+    return file
+
+
+def verify_file(card: ModelCard, kind: str, file: Path, card_path: Path) -> None:
+    """Check ``file`` (component ``kind``) against the SHA-256 in the card: a missing hash is an
+    error too, since every checkpoint soundctm saves lists one."""
+    digest = card.components[kind].sha256
+    if not digest:
+        raise CheckpointError(
+            f"{card_path} has no components.{kind}.sha256 for {card.components[kind].file}, so "
+            "the file cannot be verified; re-save the checkpoint (soundctm always writes the "
+            "hash), or load it with verify=False (Pipeline.load) if you trust it"
+        )
+    if sha256_file(file) != digest.lower():
+        raise CheckpointError(
+            f"{file} is corrupt or truncated (its SHA-256 differs from model.json); "
+            "copy the checkpoint again or re-save it"
+        )

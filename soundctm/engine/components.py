@@ -13,6 +13,7 @@ capability                what it is                                      used b
 :class:`HasLastLayer`     ``last_layer``: the output weight ``W``         adaptive DSM weight
 :class:`HasMaxFrames`     ``max_frames``: the longest latent it accepts   training data checks
 :class:`ExpandsParams`    ``expand_params(params) -> params`` (factory)   cards (size presets)
+:class:`CountsParameters` ``parameter_count(params) -> int`` (factory)    card size checks
 :class:`OnnxExportable`   ``onnx_export() -> OnnxGraph``                  ``soundctm export``
 :class:`PhaseRetrieval`   ``phase_retrieval``: decoder retrieves phase    export checks
 :class:`CheckpointWeights` ``checkpoint_weights``: store weights or not   checkpoints
@@ -148,6 +149,16 @@ class ExpandsParams(Protocol):
     def expand_params(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
 
+@runtime_checkable
+class CountsParameters(Protocol):
+    """A component factory that says, without building anything, how many values the state dict
+    of ``factory(**params)`` holds (so a checkpoint's card is checked against its weights file
+    before any memory is allocated). Factories without it are counted by a build on torch's
+    ``meta`` device."""
+
+    def parameter_count(self, params: dict[str, Any]) -> int: ...
+
+
 #: The graph contract of an exportable text encoder: ``input_ids [B, L] int64`` and
 #: ``attention_mask [B, L] int64`` (1 for a token, 0 for padding) -> ``tokens [B, L, dim]``
 #: float32. Dynamic axes are named ``"batch"`` and ``"length"``.
@@ -241,6 +252,14 @@ def expand_params(factory: object, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def declared_parameter_count(factory: object, params: dict[str, Any]) -> int | None:
+    """``factory.parameter_count(params)`` when it offers :class:`CountsParameters`, else
+    ``None``."""
+    if isinstance(factory, CountsParameters):
+        return int(factory.parameter_count(dict(params)))
+    return None
+
+
 def onnx_exportable(component: object) -> bool:
     """Whether ``component`` offers :class:`OnnxExportable`."""
     return isinstance(component, OnnxExportable)
@@ -283,6 +302,7 @@ __all__ = [
     "Autoencoder",
     "Backbone",
     "CheckpointWeights",
+    "CountsParameters",
     "Decoder",
     "Encoder",
     "ExpandsParams",
@@ -296,6 +316,7 @@ __all__ = [
     "TextEncoder",
     "TokenizerSpec",
     "checkpoint_weights",
+    "declared_parameter_count",
     "expand_params",
     "last_layer",
     "max_frames",

@@ -30,6 +30,7 @@ from soundctm.engine.hub import is_hub_id
 from soundctm.engine.hub import resolve as resolve_hub
 from soundctm.engine.plan import GAMMA_SOLVER, TEACHER_SOLVER, SampleParams, SamplingPlan
 from soundctm.engine.sampler import Generation, Sampler, SamplingAPI
+from soundctm.engine.sizes import check_sizes
 from soundctm.errors import CheckpointError
 from soundctm.plugins.registry import Registry, get_registry
 
@@ -119,12 +120,20 @@ class Pipeline(SamplingAPI):
         registry: Registry | None = None,
     ) -> Pipeline:
         """Rebuild a pipeline from a checkpoint directory (or a hub id ``hf:OWNER/REPO[@REV]``,
-        see :mod:`soundctm.engine.hub`); the card is all it needs."""
+        see :mod:`soundctm.engine.hub`); the card is all it needs.
+
+        The card is first checked against the weights files (:func:`~soundctm.engine.sizes.
+        check_sizes`), so an absurd card fails before anything is allocated. Every weights file
+        must lie inside ``path`` and, with ``verify`` (the default), match
+        the SHA-256 the card lists for it (a missing hash is an error). ``verify=False`` is the
+        explicit opt-out: it loads files without checking (or needing) their hashes.
+        """
         if is_hub_id(path):
             path = resolve_hub(str(path), registry=registry).path
         path = Path(path)
         card = read_card(path)
         registry = registry or get_registry()
+        check_sizes(path, card, registry)  # before anything is built or allocated
         built = {}
         for kind in COMPONENT_KINDS:
             comp = card.components[kind]

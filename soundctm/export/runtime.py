@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from soundctm.engine.checkpoint import ModelCard, read_card, sha256_file
+from soundctm.engine.checkpoint import (
+    ModelCard,
+    check_format_version,
+    inside_file,
+    read_card,
+    sha256_file,
+)
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.ctm import TrajectoryModel, as_batch
 from soundctm.engine.sampler import Sampler, SamplingAPI
@@ -58,21 +64,39 @@ def is_exported(path: str | Path) -> bool:
 
 
 def read_export(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
-    """Read and check ``export.json`` (with ``verify``, every listed file's SHA-256)."""
+    """Read and check ``export.json`` (with ``verify``, every listed file's SHA-256).
+
+    ``format_version`` must be a positive integer, and every file it names (``files``,
+    ``graphs.*.file``, ``text.tokenizer``) must be a relative path inside ``path`` (see
+    :func:`~soundctm.engine.checkpoint.inside_file`); a graph file must be listed in ``files``.
+    """
     path = Path(path)
     if not is_exported(path):
         raise CheckpointError(
             f"{str(path)!r} is not an exported soundctm model (no valid {EXPORT_FILE}); "
             "create one with `soundctm export --model CHECKPOINT --out DIR`"
         )
-    spec = json.loads((path / EXPORT_FILE).read_text(encoding="utf-8"))
-    version = spec.get("format_version")
-    if not isinstance(version, int) or version > EXPORT_VERSION:
-        raise CheckpointError(
-            f"{path / EXPORT_FILE} has export format version {version!r}, newer than this "
-            f"soundctm supports ({EXPORT_VERSION}); upgrade soundctm"
-        )
-    for name, digest in spec.get("files", {}).items():
+    where = path / EXPORT_FILE
+    spec = json.loads(where.read_text(encoding="utf-8"))
+    check_format_version(spec.get("format_version"), where, EXPORT_VERSION)
+    files = spec.get("files", {})
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{where} is invalid at files: it must map file names to SHA-256")
+    for name in files:
+        inside_file(path, name, field="files", where=where)
+    graphs = spec.get("graphs", {})
+    for graph, info in graphs.items() if isinstance(graphs, dict) else []:
+        name = info.get("file") if isinstance(info, dict) else None
+        inside_file(path, name, field=f"graphs.{graph}.file", where=where)
+        if verify and name not in files:
+            raise CheckpointError(
+                f"{where} is invalid at graphs.{graph}.file: {name!r} has no SHA-256 in files, so "
+                "it cannot be verified; re-export the model"
+            )
+    text = spec.get("text", {})
+    if isinstance(text, dict) and "tokenizer" in text:
+        inside_file(path, text["tokenizer"], field="text.tokenizer", where=where)
+    for name, digest in files.items():
         file = path / name
         if not file.is_file():
             raise CheckpointError(

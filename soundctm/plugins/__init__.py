@@ -4,6 +4,8 @@ from soundctm.plugins.hookspecs import hookimpl, hookspec
 from soundctm.plugins.registry import (
     KINDS,
     Entry,
+    PluginFailure,
+    PluginSource,
     Registry,
     get_registry,
     register_plugin,
@@ -13,6 +15,8 @@ from soundctm.plugins.registry import (
 __all__ = [
     "KINDS",
     "Entry",
+    "PluginFailure",
+    "PluginSource",
     "Registry",
     "get_registry",
     "hookimpl",
