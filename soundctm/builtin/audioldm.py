@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -345,8 +345,9 @@ def _check(x: Tensor, dim: int, what: str) -> Tensor:
 
 # ---------------------------------------------------------------------------- official converter
 def _ldm_vae_converter() -> Any:
-    """diffusers' own LDM/CompVis -> diffusers VAE key converter (``single_file_utils`` since
-    diffusers 0.26, ``pipelines.stable_diffusion.convert_from_ckpt`` before)."""
+    """diffusers' own LDM/CompVis -> diffusers VAE key converter: in
+    ``diffusers.loaders.single_file_utils`` in current releases (checked: 0.42.1, signature
+    ``(checkpoint, config)``), in ``pipelines.stable_diffusion.convert_from_ckpt`` in old ones."""
     try:
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     except ImportError:  # pragma: no cover - old diffusers
@@ -382,7 +383,7 @@ def _first(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def _indices(keys: Iterator[str] | list[str], prefix: str) -> list[int]:
+def _indices(keys: Iterable[str], prefix: str) -> list[int]:
     """The sorted distinct integers ``i`` of keys ``prefix<i>.<...>``."""
     found = set()
     for k in keys:
