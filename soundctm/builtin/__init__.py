@@ -54,6 +54,11 @@ AUTOENCODERS = {
         "soundctm.builtin.mel:MelAutoencoder",
         "Log-mel spectrogram latents (64 bands, 16 kHz) decoded by Griffin-Lim; no weights",
     ),
+    "audioldm": (
+        "soundctm.builtin.audioldm:AudioLDMAutoencoder",
+        "AudioLDM VAE (8 x T x 16 latents of a 64-band log-mel, 16 kHz) + HiFi-GAN vocoder; the "
+        "official SoundCTM-UNet's stage 1 (convert audioldm-s-full.ckpt with from_official_stage1)",
+    ),
 }
 
 DATASETS = {
