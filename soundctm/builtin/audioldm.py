@@ -179,8 +179,21 @@ class AudioLDMAutoencoder(nn.Module, CheckpointWeights):
         hop_length: int = 160,
         f_min: float = 0.0,
         f_max: float = 8000.0,
+        latent_multiple: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(latent_multiple, bool) or not isinstance(latent_multiple, int):
+            raise InvalidArgumentError(
+                f"audioldm latent_multiple must be an int, got {latent_multiple!r}"
+            )
+        if latent_multiple < 1:
+            raise InvalidArgumentError(
+                f"audioldm latent_multiple must be >= 1, got {latent_multiple}"
+            )
+        #: Latent frames are rounded up to a multiple of this (8 for the official UNet, whose
+        #: three downsamplings need it: 10 s -> 250 -> 256 latent frames, 10.24 s, as the
+        #: official generates; the sampler crops the decoded audio to the clip length).
+        self.latent_multiple = latent_multiple
         vae_cfg = _merged("vae", vae, OFFICIAL_VAE)
         voc_cfg = _merged("vocoder", vocoder, OFFICIAL_VOCODER)
         scale = float(scale_factor)
@@ -229,8 +242,9 @@ class AudioLDMAutoencoder(nn.Module, CheckpointWeights):
 
     def frames_for(self, n: int) -> int:
         """Mel frames for ``n`` samples: ``ceil(n / hop)`` rounded up to a multiple of the VAE's
-        downsampling (at least one latent frame)."""
+        downsampling times ``latent_multiple`` (at least one latent frame)."""
         latent = max(1, -(-int(n) // self.samples_per_latent_frame))
+        latent = -(-latent // self.latent_multiple) * self.latent_multiple
         return latent * self.downsampling
 
     def latent_shape(self, seconds: float) -> tuple[int, int, int]:

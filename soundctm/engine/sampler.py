@@ -191,12 +191,19 @@ class Sampler:
             )
             audio = self.autoencoder.decode(latents.float())
             audio = audio.reshape(audio.shape[0], -1).float().cpu()
+            audio = audio[:, : clip_samples(plan.seconds, self.card.sample_rate)]
             emit(callback, BatchFinished(min(start + batch_size, total), total))
             yield Generation(
                 audio,
                 self.card.sample_rate,
                 [plan.sample(p, s) for p, s in zip(batch_prompts, batch_seeds, strict=True)],
             )
+
+
+def clip_samples(seconds: float, sample_rate: int) -> int:
+    """The samples of a clip: a decoder that rounds its latent length up (a UNet's needs) makes
+    more, which are cropped (docs/official-models.md, the vocoder crop)."""
+    return round(seconds * sample_rate)
 
 
 def concatenate(parts: Sequence[Generation], sample_rate: int) -> Generation:

@@ -344,7 +344,7 @@ def _write(
         kind=kind,
         backbone=("unet2d", {"config": unet, "student": kind == "ctm"}),
         text_encoder=("flan-t5", {"config": t5, "tokenizer": tokenizer, "max_length": 512}),
-        autoencoder=("audioldm", stage1_params),
+        autoencoder=("audioldm", {**stage1_params, "latent_multiple": _latent_multiple(unet)}),
         sigma_data=float(summary.get("sigma_data", 0.25)),
         seconds=SECONDS,
         max_seconds=MAX_SECONDS,
@@ -366,6 +366,11 @@ def _write(
                 f"({_first_line(exc)}); pass the UNet config they were trained with"
             ) from exc
     pipe.save(path)
+
+
+def _latent_multiple(unet: dict[str, Any]) -> int:
+    """Latent frames must be a multiple of the UNet's downsampling (2 per level but the last)."""
+    return 2 ** (len(unet["block_out_channels"]) - 1)
 
 
 def _first_line(exc: BaseException) -> str:
