@@ -283,3 +283,20 @@ def test_an_existing_output_folder_is_refused(official, tmp_path):
     with pytest.raises(InvalidArgumentError, match="not empty"):
         import_soundctm_unet(root, tmp_path / "taken")
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_explicit_initial_latents_and_public_decode(imported):
+    pipe = Pipeline.load(imported)
+    shape = pipe.latent_shape(0.5)
+    x_t = 80.0 * torch.randn((2, *shape), generator=torch.Generator().manual_seed(11))
+    seeded = pipe.generate(["a dog barks", "rain"], seeds=[11, 12], steps=1, seconds=0.5)
+    given = pipe.generate(["a dog barks", "rain"], seeds=[0, 0], steps=1, seconds=0.5,
+                          latents=x_t)  # fmt: skip
+    assert torch.equal(given.audio[0], seeded.audio[0])  # same x_T as seed 11's
+    assert not torch.equal(given.audio[1], seeded.audio[1])
+    with torch.no_grad():
+        z = pipe.ctm.jump(x_t[:1], 80.0, 0.002, pipe.text_encoder(["a dog barks"]), 3.5)
+    assert torch.allclose(pipe.decode(z, seconds=0.5), seeded.audio[:1], atol=1e-6)
+    assert pipe.decode(z).shape[1] >= 8000
+    with pytest.raises(InvalidArgumentError, match="latents must have the shape"):
+        pipe.generate(["x"], seeds=[0], seconds=0.5, latents=x_t)

@@ -140,6 +140,14 @@ class Sampler:
             return next((q.dtype for q in self.network.parameters()), torch.float32)
         return torch.float32
 
+    def decode(self, latents: Tensor, seconds: float | None = None) -> Tensor:
+        """Audio ``[B, n]`` (float32, CPU) of clean latents, cropped to ``seconds`` if given."""
+        audio = self.autoencoder.decode(latents.float())
+        audio = audio.reshape(audio.shape[0], -1).float().cpu()
+        if seconds is not None:
+            audio = audio[:, : clip_samples(seconds, self.card.sample_rate)]
+        return audio
+
     # ------------------------------------------------------------------ generation
     def generate_batches(
         self,
@@ -148,11 +156,21 @@ class Sampler:
         batch_size: int,
         callback: Callback | None,
         arguments: SamplingArguments,
+        latents: Tensor | None = None,
     ) -> Iterator[Generation]:
         """Check everything, then return the lazy iterator over the batches."""
         prompts, seeds = _check_inputs(prompts, seeds, batch_size)
         plan = self.resolve(**arguments)
-        return self._run(prompts, seeds, plan, batch_size, callback)
+        if latents is not None:
+            want = (len(prompts), *self.latent_shape(plan.seconds))
+            if tuple(latents.shape) != want:
+                raise InvalidArgumentError(
+                    f"latents must have the shape {list(want)} (one initial latent per prompt "
+                    f"for {plan.seconds:g} s clips), got {list(latents.shape)}"
+                )
+            if not bool(torch.isfinite(latents).all()):
+                raise InvalidArgumentError("latents must be finite numbers")
+        return self._run(prompts, seeds, plan, batch_size, callback, latents)
 
     @torch.inference_mode()
     def _run(
@@ -162,6 +180,7 @@ class Sampler:
         plan: SamplingPlan,
         batch_size: int,
         callback: Callback | None,
+        latents: Tensor | None = None,
     ) -> Iterator[Generation]:
         fn = self.solver(plan.solver)
         sigmas = self.grid(fn, plan.steps)
@@ -175,7 +194,10 @@ class Sampler:
             batch_prompts = prompts[start : start + batch_size]
             batch_seeds = seeds[start : start + batch_size]
             generators = make_generators(batch_seeds)
-            x = per_sample_randn(generators, shape) * float(sigmas[0])
+            if latents is None:  # x_T = sigma_max z, z from each sample's own generator
+                x = per_sample_randn(generators, shape) * float(sigmas[0])
+            else:
+                x = latents[start : start + batch_size].float().cpu()
             x = x.to(device=self.device, dtype=dtype)
             cond = self.encode_text(batch_prompts).to(self.device, dtype)
             uncond = (
@@ -186,12 +208,10 @@ class Sampler:
             model = GuidedModel(
                 self.network, cond, uncond, plan.guidance_scale, plan.guidance_input
             )
-            latents = fn(
+            out = fn(
                 model, x, sigmas, noise=PerSampleNoise(generators), callback=callback, **options
             )
-            audio = self.autoencoder.decode(latents.float())
-            audio = audio.reshape(audio.shape[0], -1).float().cpu()
-            audio = audio[:, : clip_samples(plan.seconds, self.card.sample_rate)]
+            audio = self.decode(out, plan.seconds)
             emit(callback, BatchFinished(min(start + batch_size, total), total))
             yield Generation(
                 audio,
@@ -277,6 +297,7 @@ class SamplingAPI:
         seeds: Sequence[int],
         batch_size: int = DEFAULT_BATCH_SIZE,
         callback: Callback | None = None,
+        latents: Tensor | None = None,
         **arguments: Unpack[SamplingArguments],
     ) -> Generation:
         """Generate one clip per prompt; prompt i starts from the noise of ``seeds[i]``.
@@ -286,10 +307,19 @@ class SamplingAPI:
         draws all of its randomness from its own CPU generator, so a sample does not depend on
         the batch it was generated in. Returns all clips at once; see :meth:`generate_batches`
         to receive them batch by batch.
+
+        ``latents`` replaces the initial latents ``x_T = sigma_max z`` with given ones
+        ``[len(prompts), *latent_shape(seconds)]`` (already scaled by ``sigma_max``); the seeds
+        still drive any noise the solver adds later (gamma > 0).
         """
         parts = list(
             self.generate_batches(
-                prompts, seeds=seeds, batch_size=batch_size, callback=callback, **arguments
+                prompts,
+                seeds=seeds,
+                batch_size=batch_size,
+                callback=callback,
+                latents=latents,
+                **arguments,
             )
         )
         return concatenate(parts, self.sample_rate)
@@ -301,6 +331,7 @@ class SamplingAPI:
         seeds: Sequence[int],
         batch_size: int = DEFAULT_BATCH_SIZE,
         callback: Callback | None = None,
+        latents: Tensor | None = None,
         **arguments: Unpack[SamplingArguments],
     ) -> Iterator[Generation]:
         """Like :meth:`generate`, but yields each batch as soon as it is done.
@@ -308,7 +339,14 @@ class SamplingAPI:
         All arguments are validated before any work starts; the first batch starts with a
         :class:`~soundctm.events.GenerationStarted` event that carries the resolved steps.
         """
-        return self.sampler.generate_batches(prompts, seeds, batch_size, callback, arguments)
+        return self.sampler.generate_batches(
+            prompts, seeds, batch_size, callback, arguments, latents
+        )
+
+    def decode(self, latents: Tensor, seconds: float | None = None) -> Tensor:
+        """Decode clean latents ``[B, *latent_shape]`` to audio ``[B, n]`` (float32, CPU),
+        cropped to a clip of ``seconds`` when given (a decoder may make a little more)."""
+        return self.sampler.decode(latents, seconds)
 
     def refine(
         self,
