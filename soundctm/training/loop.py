@@ -3,8 +3,10 @@ checkpoint folders (pruning, the ``latest`` link) and audio previews."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ from typing import Any
 
 import torch
 
+from soundctm.engine.files import write_error
 from soundctm.engine.pipeline import Pipeline
 from soundctm.errors import InvalidArgumentError, SoundCTMError
 from soundctm.events import Callback, TrainLog, emit
@@ -159,9 +162,17 @@ def rewind_jsonl(path: Path, step: int) -> int:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line."""
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    """Append one JSON line. A failed write (a full disk) is an
+    :class:`~soundctm.errors.OutputPathError`, and the part of the line written is cut off again
+    so the log stays whole."""
+    size = path.stat().st_size if path.is_file() else 0
+    try:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise write_error(path, exc) from exc
 
 
 def write_previews(
