@@ -196,3 +196,16 @@ def write_dir_atomic(final: Path, fill: Callable[[Path], None]) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def copy_dir(source: Path, target: Path) -> None:
+    """Copy the files of folder ``source`` (any depth, links followed) into folder ``target``.
+
+    Unlike :func:`shutil.copytree`, the first failure is raised as it is (an :class:`OSError`
+    with its errno), not collected; wrap in :func:`write_dir_atomic` for an atomic copy."""
+    source, target = Path(source), Path(target)
+    for root, _dirs, names in os.walk(source, followlinks=True):
+        here = target / Path(root).relative_to(source)
+        here.mkdir(parents=True, exist_ok=True)
+        for name in sorted(names):
+            shutil.copy2(Path(root) / name, here / name)

@@ -167,7 +167,7 @@ def teacher_run(
             for kind in ("backbone", "text_encoder", "autoencoder")
         }
     )
-    accelerator, state_path = prepare_run(spec, resume)
+    accelerator, state_path = prepare_run(spec, resume, callback)
     device, main, out = accelerator.device, accelerator.is_main_process, Path(spec.out)
 
     pipe = build_teacher(spec, registry)
