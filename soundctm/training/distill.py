@@ -47,7 +47,7 @@ from soundctm.training.ctm_losses import (
     sample_omega,
     teacher_solve,
 )
-from soundctm.training.data import build_dataset, drop_captions
+from soundctm.training.data import UNUSABLE_FILES, build_dataset, dataset_report, drop_captions
 from soundctm.training.fit import Run, StepOutput, fit, prepare_run
 from soundctm.training.fit import resume as resume_state
 from soundctm.training.losses import edm_denoising_loss
@@ -171,10 +171,12 @@ def distill_run(
             callback=callback,
         )
 
-    dataset = build_dataset(registry, spec.dataset, tcard.sample_rate, tcard.seconds)
-    summary = getattr(dataset, "summary", None)
-    if callable(summary):
-        emit(callback, Message(str(summary())))
+    listed = Path(spec.out) / UNUSABLE_FILES
+    dataset = build_dataset(
+        registry, spec.dataset, tcard.sample_rate, tcard.seconds, problems_file=listed
+    )
+    for line in dataset_report(dataset, listed):
+        emit(callback, Message(line))
 
     grid = karras_sigmas(spec.grid_n, tcard.sigma_min, tcard.sigma_max, tcard.rho).float()
     sigma_min = float(grid[-1])
