@@ -39,8 +39,9 @@ def resolve_device(name: str | torch.device | None = AUTO) -> torch.device:
     if device.type == "cpu":
         return device
     usable = (
-        device.type == "cuda" and _cuda() and (device.index or 0) < torch.cuda.device_count()
-    ) or (device.type == "mps" and _mps())
+        (device.type == "cuda" and _cuda() and (device.index or 0) < torch.cuda.device_count())
+        or (device.type == "mps" and _mps())
+    )
     if not usable:
         raise InvalidArgumentError(
             f"device {name!r} is not available on this machine; available: "
