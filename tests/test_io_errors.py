@@ -65,6 +65,8 @@ def test_full_disk_while_writing_audio_is_one_line_and_leaves_nothing(tmp_path, 
         write_one(tmp_path)
     assert str(info.value).startswith(f"no space left on device: {tmp_path / 'x.wav'}")
     assert "\n" not in str(info.value)
+    # still an OSError with its errno for library callers that catch those around a save
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
     assert everything(tmp_path) == []
 
 

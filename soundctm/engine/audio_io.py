@@ -18,7 +18,7 @@ from torch import Tensor
 from soundctm._version import __version__
 from soundctm.engine.files import atomic_path, probe_write, write_error
 from soundctm.engine.plan import SampleParams
-from soundctm.errors import AudioFileError, OutputPathError
+from soundctm.errors import AudioFileError, StorageError
 
 SIDECAR_VERSION = 1
 
@@ -136,7 +136,7 @@ def write_wav(path: Path, data: np.ndarray, sample_rate: int, *, subtype: str = 
     return path
 
 
-def _audio_write_error(wav: Path, exc: BaseException, size: int) -> OutputPathError:
+def _audio_write_error(wav: Path, exc: BaseException, size: int) -> StorageError:
     """The user error of a failed ``sf.write`` of ``size`` bytes to (a temporary name of)
     ``wav``."""
     if isinstance(exc, OSError):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from soundctm.errors import OutputPathError
+from soundctm.errors import OutputPathError, SoundCTMError, StorageError
 
 #: Temporary names of :func:`atomic_path` and :func:`write_dir_atomic` (``.NAME.XXXXXXXX.tmp``)
 #: and of a folder being replaced (``.NAME.old-PID``).
@@ -35,6 +35,8 @@ def os_reason(exc: BaseException) -> tuple[str, int | None] | None:
     """
     number: int | None = None
     text = ""
+    if isinstance(exc, SoundCTMError):  # already a user error (a StorageError is an OSError too)
+        return None
     if isinstance(exc, OSError):
         number = exc.errno
         text = exc.strerror or (os.strerror(number) if number else "") or str(exc)
@@ -71,10 +73,11 @@ def probe_write(folder: Path, size: int) -> OSError | None:
     return None
 
 
-def write_error(path: Path, exc: BaseException, *, reason: str | None = None) -> OutputPathError:
+def write_error(path: Path, exc: BaseException, *, reason: str | None = None) -> StorageError:
     """The one-line user error of a failed write of ``path``: ``"REASON: PATH; what to do"``.
 
-    ``reason`` overrides the reason found in ``exc`` (:func:`os_reason`).
+    ``reason`` overrides the reason found in ``exc`` (:func:`os_reason`). The error is an
+    :class:`OutputPathError` and an :class:`OSError` with the errno of ``exc`` (if any).
     """
     found = os_reason(exc)
     number = found[1] if found else None
@@ -87,7 +90,9 @@ def write_error(path: Path, exc: BaseException, *, reason: str | None = None) ->
         advice = "raise the file-size limit (ulimit -f) or write elsewhere"
     else:
         advice = "check the disk and the folder, or write elsewhere"
-    return OutputPathError(f"{text}: {path}; {advice}")
+    error = StorageError(f"{text}: {path}; {advice}")
+    error.errno = number  # type: ignore[misc]
+    return error
 
 
 def _shown_path(exc: BaseException, tmp: Path, final: Path) -> Path:
