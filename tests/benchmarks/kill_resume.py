@@ -16,9 +16,11 @@ The exit status is 0 when the final state, checkpoint and metrics match the unin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -63,7 +65,7 @@ class Report:
 
     kills: int = 0
     finished_early: int = 0
-    kills_leaving_temporaries: int = 0
+    kills_leaving_temporaries: int = 0  # killed inside a write (seen by what it left)
     kills_leaving_half_lines: int = 0
     resumed_steps: list[int] = field(default_factory=list)
     identical: bool = False
@@ -137,10 +139,27 @@ class Attempt:
         return time.perf_counter() - self.started
 
 
-def leftovers(out: Path) -> list[Path]:
-    from soundctm.engine.files import TEMP_NAME
+#: What atomic writes leave when killed: ``.NAME.XXXXXXXX.tmp``, ``.NAME.old-PID``, ``*.tmp``.
+TEMPORARY = re.compile(r"^\..+\.(?:[A-Za-z0-9_]{8}\.tmp|old-\d+)$|\.tmp$")
 
-    return [p for p in out.rglob("*") if TEMP_NAME.match(p.name) or p.name.endswith(".tmp")]
+
+def leftovers(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if TEMPORARY.search(p.name)]
+
+
+def wait_for_write(out: Path, attempt: Attempt, extra: float, timeout: float = 60) -> float:
+    """Poll (every 0.5 ms) until a checkpoint or state folder is being written (its temporary
+    folder exists), then wait ``extra`` seconds more; returns the seconds waited."""
+    t0 = time.perf_counter()
+    folders = [out / "checkpoints", out / "state"]
+    while time.perf_counter() - t0 < timeout and attempt.proc.poll() is None:
+        for folder in folders:
+            with contextlib.suppress(FileNotFoundError):
+                if any(e.name.startswith(".step-") for e in os.scandir(folder)):
+                    time.sleep(extra)
+                    return time.perf_counter() - t0
+        time.sleep(0.0005)
+    return time.perf_counter() - t0
 
 
 def half_line(out: Path) -> bool:
@@ -198,10 +217,14 @@ def run(kills: int, steps: int, seed: int, work: Path) -> Report:
         remaining = steps - done
         share = max(3.0, 1.5 * remaining / (kills - report.kills))
         attempt = Attempt(cfg, out)
-        if rng.random() < 0.2:  # now and then during start-up (imports, data, resume)
+        draw = rng.random()
+        if draw < 0.2:  # now and then during start-up (imports, data, resume)
             phase, delay = "start-up", rng.uniform(0.1, startup)
             time.sleep(delay)
-        else:  # mostly while it trains and writes
+        elif draw < 0.45:  # inside a checkpoint or state write, the moment one is seen
+            attempt.training.wait(timeout=300)
+            phase, delay = "a write", wait_for_write(out, attempt, rng.uniform(0.0, 0.01))
+        else:  # mostly at a random moment while it trains and writes
             phase, delay = "training", rng.uniform(0.0, share * per_step)
             attempt.training.wait(timeout=300)
             time.sleep(delay)
