@@ -107,6 +107,7 @@ def prepare_run(
                 callback,
                 Message(f"removed {removed} unfinished file(s) of an interrupted run in {out}"),
             )
+    accelerator.wait_for_everyone()  # every process then sees the same state folders
     state = resolve_resume(out, resume, main=main)
     if main and state is None:
         rewind_jsonl(out / "metrics.jsonl", 0)
