@@ -43,3 +43,11 @@ class DataError(SoundCTMError):
 
 class OutputPathError(SoundCTMError):
     """An output location cannot be written."""
+
+
+class StorageError(OutputPathError, OSError):
+    """Writing failed for an OS reason: a full disk, a file-size limit, an I/O error.
+
+    Also an :class:`OSError` (``errno`` is the OS error number, when known), so code that
+    catches ``OSError`` around a save keeps working; its message is the one line for the user.
+    """

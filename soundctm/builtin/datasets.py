@@ -4,7 +4,10 @@ Both check every file once when they are built (:meth:`ClipDataset.scan`). A bad
 of the data (a manifest without its columns, a listed file that does not exist, an empty caption)
 is refused at once with a :class:`DataError` naming the line or file; a bad *audio file*
 (unreadable, corrupt, empty, silent or too short) is skipped and recorded in
-:attr:`ClipDataset.problems`, and :meth:`ClipDataset.summary` counts them. Each item is a dict
+:attr:`ClipDataset.problems`, and :meth:`ClipDataset.summary` counts them. The full list of
+skipped files is written to ``problems_file`` (one ``path<TAB>reason<TAB>detail`` line each);
+with no usable file at all the error names the first few and the list (in a temporary file
+when no ``problems_file`` was given). Each item is a dict
 ``audio`` (float32 mono tensor ``[seconds * sample_rate]``, resampled, cropped or zero-padded,
 peak-normalised), ``caption`` (str) and ``id`` (the file's path). Caption dropout is the trainer's
 job, not the data set's.
@@ -13,7 +16,9 @@ job, not the data set's.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +37,8 @@ from soundctm.engine.audio import (
     resample,
     to_mono,
 )
-from soundctm.errors import AudioFileError, DataError, InvalidArgumentError
+from soundctm.engine.files import write_text_atomic
+from soundctm.errors import AudioFileError, DataError, InvalidArgumentError, OutputPathError
 
 #: Why a file was skipped.
 REASONS = ("unreadable", "corrupt", "empty", "silent", "too short")
@@ -40,6 +46,8 @@ REASONS = ("unreadable", "corrupt", "empty", "silent", "too short")
 FILE_COLUMN, CAPTION_COLUMN = "file_name", "caption"
 #: Extra source samples read beyond the clip so resampling has no edge effect at its end.
 _RESAMPLE_MARGIN = 64
+#: How many unusable files an error message names (the rest are in the list file).
+SHOWN_PROBLEMS = 3
 
 
 @dataclass(frozen=True)
@@ -85,12 +93,14 @@ class ClipSkipped:
 
 @dataclass(frozen=True)
 class ScanFinished:
-    """The scan of ``source`` is over: ``clips`` usable, ``skipped`` left out."""
+    """The scan of ``source`` is over: ``clips`` usable, ``skipped`` left out, listed in
+    ``problems_file`` (if one was written)."""
 
     source: str
     clips: int
     skipped: int
     summary: str
+    problems_file: str | None = None
 
 
 DataEvent = ScanStarted | ScanProgress | ClipSkipped | ScanFinished
@@ -156,7 +166,7 @@ class ClipDataset(torch.utils.data.Dataset):
     cut to its FIRST ``seconds`` (no random crop: the same index always gives the same audio; a
     trainer wanting random crops can shuffle clips instead), zero-padded at the end when it is
     shorter (clips shorter than ``min_seconds`` are skipped instead), and scaled to a peak of
-    ``peak``.
+    ``peak``. Unusable files are listed in ``problems_file`` (see the module docstring).
     """
 
     def __init__(
@@ -170,6 +180,7 @@ class ClipDataset(torch.utils.data.Dataset):
         silence_db: float = -60.0,
         peak: float = 0.95,
         callback: DataCallback | None = None,
+        problems_file: str | Path | None = None,
     ) -> None:
         if sample_rate <= 0 or seconds <= 0 or min_seconds < 0 or not 0 < peak <= 1:
             raise InvalidArgumentError(
@@ -185,11 +196,15 @@ class ClipDataset(torch.utils.data.Dataset):
         self.peak = float(peak)
         self.clips: list[Clip] = []
         self.problems: list[DataProblem] = []
+        self.requested_problems_file = Path(problems_file) if problems_file else None
+        #: Where the list of unusable files was written (``None``: nowhere, none or not asked).
+        self.problems_file: Path | None = None
         self.scan(entries, callback=callback)
 
     def scan(self, entries: list[Clip], *, callback: DataCallback | None = None) -> None:
         """Check every entry once (:func:`check_audio_file`), keep the usable ones in
-        :attr:`clips` and record the others in :attr:`problems`. No usable clip is an error."""
+        :attr:`clips` and record the others in :attr:`problems` (and list them in the problems
+        file). No usable clip is an error that names the first few files and the list."""
         clips, problems = [], []
         _emit(callback, ScanStarted(self.source, len(entries)))
         for i, entry in enumerate(entries, 1):
@@ -206,12 +221,58 @@ class ClipDataset(torch.utils.data.Dataset):
                 _emit(callback, ClipSkipped(problem))
             _emit(callback, ScanProgress(i, len(entries)))
         self.clips, self.problems = clips, problems
-        _emit(callback, ScanFinished(self.source, len(clips), len(problems), self.summary()))
+        self.problems_file = self._list_problems(temporary=not clips)
+        listed = str(self.problems_file) if self.problems_file else None
+        _emit(
+            callback,
+            ScanFinished(self.source, len(clips), len(problems), self.summary(), listed),
+        )
         if not clips:
             raise DataError(
-                f"no usable audio in {self.source}: {self.summary()}; "
-                "fix or replace the files listed in .problems"
+                f"no usable audio in {self.source}: {self.summary()}: {self.first_problems()}; "
+                f"full list in {self.problems_file}; fix or replace these files"
             )
+
+    def _list_problems(self, *, temporary: bool) -> Path | None:
+        """Write :attr:`problems` to the requested problems file (or, if ``temporary``, to a
+        temporary file when none was requested); a stale list is removed. Returns the file."""
+        target = self.requested_problems_file
+        if not self.problems:
+            if target is not None and target.is_file():
+                target.unlink()
+            return None
+        if target is None and not temporary:
+            return None
+        lines = [f"# unusable files of {self.source} ({self.summary()}): path, reason, detail"]
+        lines += [f"{p.path}\t{p.reason}\t{' '.join(p.detail.split())}" for p in self.problems]
+        text = "\n".join(lines) + "\n"
+        if target is None:  # one file per data set, rewritten on each try
+            digest = hashlib.sha256(str(Path(self.source).resolve()).encode()).hexdigest()[:12]
+            target = Path(tempfile.gettempdir()) / f"soundctm-unusable-files-{digest}.txt"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputPathError(f"cannot create {target.parent} ({_first_line(exc)})") from exc
+        write_text_atomic(target, text)
+        return target
+
+    def first_problems(self, n: int = SHOWN_PROBLEMS) -> str:
+        """The first ``n`` unusable files with their reasons, e.g. ``"a.wav (corrupt: ...),
+        b.wav (empty: the file has 0 bytes) and 3 more"``."""
+        source = Path(self.source)
+        base = (source if source.is_dir() else source.parent).resolve()
+        shown = []
+        for p in self.problems[:n]:
+            try:
+                name = str(Path(p.path).resolve().relative_to(base))
+            except ValueError:
+                name = p.path
+            detail = " ".join(p.detail.replace(str(p.path), name).split())
+            if len(detail) > 80:
+                detail = detail[:77] + "..."
+            shown.append(f"{name} ({p.reason}: {detail})" if detail else f"{name} ({p.reason})")
+        more = len(self.problems) - len(shown)
+        return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
     def summary(self) -> str:
         """E.g. ``"812 clips, 3 skipped (2 silent, 1 corrupt)"``."""
@@ -350,6 +411,7 @@ class CsvDataset(ClipDataset):
         silence_db: float = -60.0,
         peak: float = 0.95,
         callback: DataCallback | None = None,
+        problems_file: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
         super().__init__(
@@ -361,6 +423,7 @@ class CsvDataset(ClipDataset):
             silence_db=silence_db,
             peak=peak,
             callback=callback,
+            problems_file=problems_file,
         )
 
 
@@ -378,6 +441,7 @@ class FolderDataset(ClipDataset):
         silence_db: float = -60.0,
         peak: float = 0.95,
         callback: DataCallback | None = None,
+        problems_file: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
         super().__init__(
@@ -389,4 +453,5 @@ class FolderDataset(ClipDataset):
             silence_db=silence_db,
             peak=peak,
             callback=callback,
+            problems_file=problems_file,
         )

@@ -16,9 +16,9 @@ import soundfile as sf
 from torch import Tensor
 
 from soundctm._version import __version__
-from soundctm.engine.files import atomic_path
+from soundctm.engine.files import atomic_path, probe_write, write_error
 from soundctm.engine.plan import SampleParams
-from soundctm.errors import AudioFileError, OutputPathError
+from soundctm.errors import AudioFileError, StorageError
 
 SIDECAR_VERSION = 1
 
@@ -101,22 +101,51 @@ def _cleanup_on_error(paths: list[Path]) -> Iterator[None]:
 def write_sample(wav: Path, audio: Tensor, sample_rate: int, record: dict[str, Any]) -> Path:
     """Write ``audio`` (1-D, float in [-1, 1]; clipped beyond) as 16-bit WAV plus sidecar JSON.
 
-    Both files are written to temporary names first; either both appear or neither does.
+    Both files are written to temporary names first; either both appear or neither does. A
+    failed write (a full disk, say) is an :class:`OutputPathError` naming the OS reason and the
+    path; libsndfile gives no OS reason of its own, so the folder is probed for it
+    (:func:`~soundctm.engine.files.probe_write`).
     """
     wav = Path(wav)
     data = np.clip(audio.detach().float().cpu().numpy().reshape(-1), -1.0, 1.0)
     try:
         with atomic_path(wav) as tmp_wav, atomic_path(sidecar_path(wav)) as tmp_json:
-            sf.write(str(tmp_wav), data, sample_rate, subtype="PCM_16", format="WAV")
+            try:
+                sf.write(str(tmp_wav), data, sample_rate, subtype="PCM_16", format="WAV")
+            except (sf.LibsndfileError, OSError) as exc:
+                raise _audio_write_error(wav, exc, 44 + 2 * data.size) from exc
             tmp_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
+    except BaseException:
+        # the sidecar is renamed first: a failure renaming the WAV must not leave it alone
         for p in (wav, sidecar_path(wav)):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-        raise OutputPathError(
-            f"cannot write {wav} ({exc.strerror or exc}); choose another output folder"
-        ) from exc
+        raise
     return wav
+
+
+def write_wav(path: Path, data: np.ndarray, sample_rate: int, *, subtype: str = "PCM_16") -> Path:
+    """Write ``data`` (frames, or frames x channels) as a WAV file atomically; a failed write is
+    an :class:`OutputPathError` naming the OS reason and ``path``, and leaves no file."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
+        except (sf.LibsndfileError, OSError) as exc:
+            raise _audio_write_error(path, exc, 44 + int(np.asarray(data).nbytes)) from exc
+    return path
+
+
+def _audio_write_error(wav: Path, exc: BaseException, size: int) -> StorageError:
+    """The user error of a failed ``sf.write`` of ``size`` bytes to (a temporary name of)
+    ``wav``."""
+    if isinstance(exc, OSError):
+        return write_error(wav, exc)
+    probed = probe_write(wav.parent, size)
+    if probed is not None:
+        return write_error(wav, probed)
+    detail = " ".join(str(getattr(exc, "error_string", "") or exc).split())
+    return write_error(wav, exc, reason=f"cannot write audio (libsndfile: {detail})")
 
 
 def read_sidecar(wav: Path) -> dict[str, Any]:

@@ -142,14 +142,12 @@ def generate(
         for k, a in zip(prompts.keys, gen.audio, strict=True)
     }
     if audio_dir is not None:
-        import soundfile as sf
-
-        from soundctm.engine.files import atomic_path, ensure_writable_dir
+        from soundctm.engine.audio_io import write_wav
+        from soundctm.engine.files import ensure_writable_dir
 
         folder = ensure_writable_dir(audio_dir / slug(label))
         for k, a in out.items():
-            with atomic_path(folder / f"{k}.wav") as tmp:
-                sf.write(str(tmp), a, gen.sample_rate, subtype="PCM_16", format="WAV")
+            write_wav(folder / f"{k}.wav", a, gen.sample_rate)
     return out
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from soundctm.engine.files import write_dir_atomic
+from soundctm.engine.files import write_dir_atomic, write_text_atomic
 from soundctm.engine.specs import ComponentSpec
 from soundctm.errors import DataError, InvalidArgumentError
 from soundctm.plugins.registry import Registry
@@ -131,6 +131,11 @@ def mix_batch(
     return out, caps
 
 
+#: Where a run lists the unusable files of its data set (and of its ``valid_dataset``).
+UNUSABLE_FILES = "unusable-files.txt"
+UNUSABLE_VALID_FILES = "unusable-files-valid.txt"
+
+
 # ---------------------------------------------------------------- latent cache
 CACHE_INDEX = "index.json"
 CACHE_DATA = "latents.npy"
@@ -211,14 +216,24 @@ def dataset_fingerprint(*parts: Any) -> int:
     return derive_seed(json.dumps(parts, sort_keys=True, default=str))
 
 
-def build_dataset(registry: Registry, card: ComponentSpec, sample_rate: int, seconds: float) -> Any:
-    """Build a data set, passing the model's sample rate and clip length where it takes them."""
+def build_dataset(
+    registry: Registry,
+    card: ComponentSpec,
+    sample_rate: int,
+    seconds: float,
+    *,
+    problems_file: Path | None = None,
+) -> Any:
+    """Build a data set, passing the model's sample rate and clip length where it takes them,
+    and ``problems_file`` (where to list unusable files) where it takes that."""
     factory = registry.load("dataset", card.name)
     params = dict(card.params)
     try:
         accepted = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         accepted = {}
+    if problems_file is not None and "problems_file" in accepted:
+        params.setdefault("problems_file", str(problems_file))
     for key, value in (("sample_rate", sample_rate), ("seconds", seconds)):
         if key in accepted:
             if key in params and float(params[key]) != float(value):
@@ -239,14 +254,31 @@ def build_dataset(registry: Registry, card: ComponentSpec, sample_rate: int, sec
     return dataset
 
 
-def dataset_report(dataset: Any) -> list[str]:
-    """Lines about a data set: the clips it skipped and its summary, where it offers them."""
-    summary = getattr(dataset, "summary", None)
+def dataset_report(dataset: Any, list_file: Path | None = None, shown: int = 3) -> list[str]:
+    """Lines about a data set: how many files it skipped, the first ``shown`` with their
+    reasons and the file listing all of them, then its summary, where it offers them.
+
+    The list is the data set's own ``problems_file`` if it wrote one, else it is written to
+    ``list_file`` (``path<TAB>reason`` lines)."""
+    problems = list(getattr(dataset, "problems", []) or [])
     lines = []
-    for problem in getattr(dataset, "problems", []) or []:
-        lines.append(
-            f"skipped {getattr(problem, 'path', problem)}: {getattr(problem, 'reason', '')}"
-        )
+    if problems:
+        listed = getattr(dataset, "problems_file", None)
+        if listed is None and list_file is not None:
+            rows = [f"{getattr(p, 'path', p)}\t{getattr(p, 'reason', '')}" for p in problems]
+            write_text_atomic(list_file, "\n".join(rows) + "\n")
+            listed = list_file
+        first = getattr(dataset, "first_problems", None)
+        if callable(first):
+            names = str(first(shown))
+        else:
+            names = ", ".join(
+                f"{getattr(p, 'path', p)} ({getattr(p, 'reason', '')})" for p in problems[:shown]
+            ) + (f" and {len(problems) - shown} more" if len(problems) > shown else "")
+        total = len(dataset) + len(problems)
+        where = f"; full list in {listed}" if listed is not None else ""
+        lines.append(f"skipped {len(problems)} of {total} files: {names}{where}")
+    summary = getattr(dataset, "summary", None)
     if callable(summary):
         lines.append(str(summary()))
     return lines

@@ -12,7 +12,6 @@ RAdam, gradient clip, EMA target update after each step. The student starts from
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from soundctm.engine.checkpoint import ComponentCard, SamplingDefaults, card_sha
 from soundctm.engine.components import last_layer, teacher_features
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.ctm import CTM, STUDENT, TEACHER, ctm_jump
+from soundctm.engine.files import copy_dir, write_dir_atomic
 from soundctm.engine.guidance import GuidedModel
 from soundctm.engine.pipeline import Pipeline
 from soundctm.engine.schedule import append_dims, c_in, c_noise, karras_sigmas
@@ -47,7 +47,7 @@ from soundctm.training.ctm_losses import (
     sample_omega,
     teacher_solve,
 )
-from soundctm.training.data import build_dataset, drop_captions
+from soundctm.training.data import UNUSABLE_FILES, build_dataset, dataset_report, drop_captions
 from soundctm.training.fit import Run, StepOutput, fit, prepare_run
 from soundctm.training.fit import resume as resume_state
 from soundctm.training.losses import edm_denoising_loss
@@ -142,7 +142,7 @@ def distill_run(
         raise InvalidArgumentError("teacher is not set; give the teacher's checkpoint folder")
     registry = registry or get_registry()
     registry.get("dataset", spec.dataset.name)
-    accelerator, state_path = prepare_run(spec, resume)
+    accelerator, state_path = prepare_run(spec, resume, callback)
     device, main = accelerator.device, accelerator.is_main_process
 
     teacher = load_teacher(Path(spec.teacher), spec, registry, device)
@@ -171,10 +171,12 @@ def distill_run(
             callback=callback,
         )
 
-    dataset = build_dataset(registry, spec.dataset, tcard.sample_rate, tcard.seconds)
-    summary = getattr(dataset, "summary", None)
-    if callable(summary):
-        emit(callback, Message(str(summary())))
+    listed = Path(spec.out) / UNUSABLE_FILES
+    dataset = build_dataset(
+        registry, spec.dataset, tcard.sample_rate, tcard.seconds, problems_file=listed
+    )
+    for line in dataset_report(dataset, listed):
+        emit(callback, Message(line))
 
     grid = karras_sigmas(spec.grid_n, tcard.sigma_min, tcard.sigma_max, tcard.rho).float()
     sigma_min = float(grid[-1])
@@ -283,10 +285,9 @@ def distill_run(
         return snap
 
     def after_checkpoint(snap: Pipeline, ckpt: Path, at: int) -> None:
-        if spec.keep_teacher:
-            shutil.copytree(
-                Path(str(spec.teacher)), ckpt / "teacher", symlinks=False, dirs_exist_ok=True
-            )
+        if spec.keep_teacher:  # atomic, like the checkpoint itself
+            source = Path(str(spec.teacher))
+            write_dir_atomic(ckpt / "teacher", lambda tmp: copy_dir(source, tmp))
 
     return Run(
         config=spec,

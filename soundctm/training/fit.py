@@ -31,6 +31,7 @@ from soundctm.training.loop import (
     make_accelerator,
     point_latest,
     prune,
+    remove_leftovers,
     resolve_resume,
     rewind_jsonl,
     start_run,
@@ -83,15 +84,34 @@ class Run:
     start: int = 0
 
 
-def prepare_run(config: TrainingConfig, resume: Path | bool | None) -> tuple[Any, Path | None]:
-    """The run's accelerator and the state folder to resume from (``None``: a fresh run)."""
+def prepare_run(
+    config: TrainingConfig, resume: Path | bool | None, callback: Callback | None = None
+) -> tuple[Any, Path | None]:
+    """The run's accelerator and the state folder to resume from (``None``: a fresh run).
+
+    The main process first removes what a killed run left half-written
+    (:func:`~soundctm.training.loop.remove_leftovers`); a fresh run starts a fresh metrics log
+    (a run killed before its first state may have logged steps it will now redo)."""
+    out = Path(config.out)
     accelerator = make_accelerator(
         mixed_precision=config.mixed_precision,
         grad_accum=config.grad_accum,
         tracker=config.tracker,
-        out=Path(config.out),
+        out=out,
     )
-    return accelerator, resolve_resume(Path(config.out), resume, main=accelerator.is_main_process)
+    main = accelerator.is_main_process
+    if main:
+        removed = remove_leftovers(out)
+        if removed:
+            emit(
+                callback,
+                Message(f"removed {removed} unfinished file(s) of an interrupted run in {out}"),
+            )
+    accelerator.wait_for_everyone()  # every process then sees the same state folders
+    state = resolve_resume(out, resume, main=main)
+    if main and state is None:
+        rewind_jsonl(out / "metrics.jsonl", 0)
+    return accelerator, state
 
 
 def check_resumable(old: dict[str, Any], config: TrainingConfig) -> None:

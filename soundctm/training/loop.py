@@ -3,8 +3,10 @@ checkpoint folders (pruning, the ``latest`` link) and audio previews."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ from typing import Any
 
 import torch
 
+from soundctm.engine.files import TEMP_NAME, write_error, write_text_atomic
 from soundctm.engine.pipeline import Pipeline
 from soundctm.errors import InvalidArgumentError, SoundCTMError
 from soundctm.events import Callback, TrainLog, emit
@@ -145,23 +148,45 @@ class MetricsWindow:
 
 def rewind_jsonl(path: Path, step: int) -> int:
     """Drop the records of ``path`` logged after ``step`` (a resumed run redoes those steps, so
-    they would otherwise appear twice); returns how many were dropped. Rewritten atomically."""
+    they would otherwise appear twice) and any line that is not a whole JSON record (the last
+    line of a run killed while writing it); returns how many lines were dropped. Rewritten
+    atomically whenever anything changes, so the next record starts on a line of its own."""
     if not path.is_file():
         return 0
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
-    if len(kept) == len(lines):
-        return 0
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and _record_step(record) <= step:
+            kept.append(line)
+    new = "".join(line + "\n" for line in kept)
+    if new.encode("utf-8") != raw:
+        write_text_atomic(path, new)
     return len(lines) - len(kept)
 
 
+def _record_step(record: dict[str, Any]) -> float:
+    value = record.get("step", 0)
+    return value if isinstance(value, int | float) else math.inf
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line."""
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    """Append one JSON line. A failed write (a full disk) is an
+    :class:`~soundctm.errors.OutputPathError`, and the part of the line written is cut off again
+    so the log stays whole."""
+    size = path.stat().st_size if path.is_file() else 0
+    try:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise write_error(path, exc) from exc
 
 
 def write_previews(
@@ -197,6 +222,50 @@ def prune(out: Path, keep: int) -> None:
         folders = sorted((out / sub).glob("step-*"))
         for old in folders[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+#: Run-folder entries written through a temporary name: a kill can leave one behind.
+_ROOT_TEMPS = ("metrics.jsonl", "config.json", "latent_cache", "trajectory_cache")
+
+
+def remove_leftovers(out: Path) -> int:
+    """Remove what a killed run left half-written in ``out``: the temporary folders and files of
+    atomic writes (``.step-N.XXXXXXXX.tmp``, ``.metrics.jsonl.XXXXXXXX.tmp``, ...) in the run
+    folder, ``checkpoints/``, ``state/``, ``previews/`` and their step folders. A step folder
+    renamed away to be replaced (``.step-N.old-PID``) whose replacement never took its name is
+    put back. Returns how many entries were removed or restored; other files are left alone."""
+    out = Path(out)
+    if not out.is_dir():
+        return 0
+    found: list[Path] = []
+    for entry in out.iterdir():
+        match = TEMP_NAME.match(entry.name)
+        if match and match["name"] in _ROOT_TEMPS:
+            found.append(entry)
+    for legacy in (out / "metrics.jsonl.tmp", out / ".latest.tmp"):
+        if legacy.is_symlink() or legacy.exists():
+            found.append(legacy)
+    for sub in ("checkpoints", "state", "previews"):
+        folder = out / sub
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            match = TEMP_NAME.match(entry.name)
+            if match and match["name"].startswith("step-"):
+                found.append(entry)
+            elif entry.name.startswith("step-") and entry.is_dir():
+                found += [e for e in entry.iterdir() if TEMP_NAME.match(e.name)]
+    for entry in found:
+        match = TEMP_NAME.match(entry.name)
+        final = entry.with_name(match["name"]) if match else None
+        if final is not None and ".old-" in entry.name and not final.exists():
+            os.replace(entry, final)  # the complete folder a kill left renamed away
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+    return len(found)
 
 
 def point_latest(out: Path, checkpoint: Path) -> None:
@@ -267,7 +336,7 @@ def start_run(
     emit(callback, TrainStarted(spec.steps, start, parameters, world, str(out)))
     out.mkdir(parents=True, exist_ok=True)
     if main:
-        (out / "config.json").write_text(json.dumps(spec.to_json(), indent=2), encoding="utf-8")
+        write_text_atomic(out / "config.json", json.dumps(spec.to_json(), indent=2))
     window = MetricsWindow(
         out,
         total_steps=spec.steps,

@@ -1,10 +1,13 @@
 """Resumable training state without pickle: safetensors for tensors, JSON for the rest.
 
 A state directory holds ``state.safetensors`` (the raw model, the EMA model and every tensor of
-the optimizer state, under the prefixes ``model.``, ``ema.`` and ``optim.``) and ``state.json``
-(step, optimizer hyper-parameters, non-tensor optimizer values, the run's spec). It is written
-atomically. Randomness needs no saved state: it is a function of (seed, step, rank), see
-:mod:`soundctm.training.rng`.
+the optimizer state, under the prefixes ``model.``, ``ema.`` and ``optim.``), ``state.json``
+(step, optimizer hyper-parameters, non-tensor optimizer values, the run's spec) and
+``SHA256SUMS`` (the SHA-256 of both, in ``sha256sum`` format, so ``sha256sum -c`` checks them
+too). It is written atomically, and verified when loaded: a flipped bit or a truncated file is
+refused, naming the file and the newest earlier state that is intact. States written before
+``SHA256SUMS`` existed load unverified. Randomness needs no saved state: it is a function of
+(seed, step, rank), see :mod:`soundctm.training.rng`.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from soundctm.engine.checkpoint import sha256_file
 from soundctm.engine.files import write_dir_atomic
 from soundctm.errors import CheckpointError
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
+SUMS_FILE = "SHA256SUMS"
 STATE_VERSION = 1
 
 
@@ -70,16 +75,86 @@ def save_state(
     def fill(tmp: Path) -> None:
         save_file(tensors, str(tmp / STATE_TENSORS))
         (tmp / STATE_JSON).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        sums = "".join(f"{sha256_file(tmp / n)}  {n}\n" for n in (STATE_JSON, STATE_TENSORS))
+        (tmp / SUMS_FILE).write_text(sums, encoding="utf-8")
 
     write_dir_atomic(Path(path), fill)
     return Path(path)
 
 
+def state_problem(path: Path) -> str | None:
+    """What is wrong with state folder ``path`` by its ``SHA256SUMS`` (``None``: intact, or a
+    state from before checksums, which cannot be verified)."""
+    path = Path(path)
+    sums = path / SUMS_FILE
+    if not sums.is_file():
+        return None
+    listed: dict[str, str] = {}
+    try:
+        for line in sums.read_text(encoding="utf-8").splitlines():
+            digest, _, name = line.partition("  ")
+            if len(digest) != 64 or not name:
+                return f"{SUMS_FILE} is damaged (a line is not 'SHA256  NAME')"
+            listed[name] = digest
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{SUMS_FILE} is unreadable ({exc})"
+    for name in (STATE_JSON, STATE_TENSORS):
+        if name not in listed:
+            return f"{SUMS_FILE} is damaged (it does not list {name})"
+    for name, digest in listed.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        try:
+            actual = sha256_file(file)
+        except OSError as exc:
+            return f"{name} is unreadable ({exc.strerror or exc})"
+        if actual != digest:
+            return f"{name} is corrupt or truncated (its SHA-256 differs from {SUMS_FILE})"
+    return None
+
+
+def _step_of(path: Path) -> int:
+    tail = path.name.split("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def previous_good_state(path: Path) -> Path | None:
+    """The newest state beside ``path`` (in the same ``state/`` folder) with a smaller step that
+    passes :func:`state_problem`, if any."""
+    path = Path(path)
+    step = _step_of(path)
+    earlier = sorted(
+        (p for p in path.parent.glob("step-*") if p.is_dir() and -1 < _step_of(p) < step),
+        key=_step_of,
+        reverse=True,
+    )
+    for candidate in earlier:
+        if (candidate / STATE_JSON).is_file() and state_problem(candidate) is None:
+            return candidate
+    return None
+
+
+def _damaged(path: Path, problem: str) -> CheckpointError:
+    good = previous_good_state(path)
+    if good is not None:
+        hint = f"resume from the previous good state with --resume-from {good}"
+    else:
+        hint = f"no earlier good state is left in {path.parent}; start a new run (a new --out)"
+    return CheckpointError(f"training state {path} is damaged: {problem}; {hint}")
+
+
 def load_state(
     path: Path,
 ) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Tensor], dict[str, Any]]:
-    """Read a state directory: (meta, model state, EMA state, optimizer state dict)."""
+    """Read and verify a state directory: (meta, model state, EMA state, optimizer state dict).
+
+    A damaged state (:func:`state_problem`, or a file that does not parse) is a
+    :class:`CheckpointError` naming the file and the previous good state to resume from."""
     path = Path(path)
+    problem = state_problem(path)
+    if problem is not None:
+        raise _damaged(path, problem)
     try:
         meta = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
         tensors = load_file(str(path / STATE_TENSORS))
@@ -88,13 +163,12 @@ def load_state(
             f"{path} is not a training state (missing {Path(exc.filename).name}); pass --resume "
             "with a run folder or one of its state/step-* folders"
         ) from exc
-    except (json.JSONDecodeError, SafetensorError, OSError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as exc:
+        raise _damaged(path, f"it does not load ({' '.join(str(exc).split())})") from exc
+    if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
         raise CheckpointError(
-            f"training state {path} is corrupt ({exc}); resume from an earlier one in state/"
-        ) from exc
-    if meta.get("version") != STATE_VERSION:
-        raise CheckpointError(
-            f"training state {path} has version {meta.get('version')!r}; "
+            f"training state {path} has version {version!r}; "
             f"this soundctm reads version {STATE_VERSION}"
         )
     model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -108,8 +182,5 @@ def latest_state(run_dir: Path) -> Path | None:
     root = Path(run_dir) / "state"
     if not root.is_dir():
         return None
-    steps = sorted(
-        (p for p in root.glob("step-*") if (p / STATE_JSON).is_file()),
-        key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1,
-    )
+    steps = sorted((p for p in root.glob("step-*") if (p / STATE_JSON).is_file()), key=_step_of)
     return steps[-1] if steps else None

@@ -25,6 +25,8 @@ from soundctm.errors import InvalidArgumentError
 from soundctm.events import Callback, Message, emit
 from soundctm.plugins.registry import Registry, get_registry
 from soundctm.training.data import (
+    UNUSABLE_FILES,
+    UNUSABLE_VALID_FILES,
     LatentCacheDataset,
     build_dataset,
     build_latent_cache,
@@ -167,7 +169,7 @@ def teacher_run(
             for kind in ("backbone", "text_encoder", "autoencoder")
         }
     )
-    accelerator, state_path = prepare_run(spec, resume)
+    accelerator, state_path = prepare_run(spec, resume, callback)
     device, main, out = accelerator.device, accelerator.is_main_process, Path(spec.out)
 
     pipe = build_teacher(spec, registry)
@@ -189,14 +191,18 @@ def teacher_run(
             callback=callback,
         )
 
-    dataset = build_dataset(registry, spec.dataset, pipe.card.sample_rate, spec.seconds)
-    for line in dataset_report(dataset):
+    rate, listed = pipe.card.sample_rate, out / UNUSABLE_FILES
+    dataset = build_dataset(registry, spec.dataset, rate, spec.seconds, problems_file=listed)
+    for line in dataset_report(dataset, listed):
         emit(callback, Message(line))
-    valid = (
-        build_dataset(registry, spec.valid_dataset, pipe.card.sample_rate, spec.seconds)
-        if spec.valid_dataset is not None
-        else None
-    )
+    valid = None
+    if spec.valid_dataset is not None:
+        listed = out / UNUSABLE_VALID_FILES
+        valid = build_dataset(
+            registry, spec.valid_dataset, rate, spec.seconds, problems_file=listed
+        )
+        for line in dataset_report(valid, listed):
+            emit(callback, Message(f"valid_dataset: {line}"))
 
     def encode_audio(audio: Tensor) -> Tensor:
         return pipe.autoencoder.encode(audio.to(device)).float()

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import soundfile as sf
 import torch
 
 from soundctm.builtin.synthcaps.generator import check_args, generate
-from soundctm.engine.files import atomic_path, ensure_writable_dir, write_text_atomic
+from soundctm.engine.audio_io import write_wav
+from soundctm.engine.files import ensure_writable_dir, write_text_atomic
 from soundctm.errors import InvalidArgumentError
 from soundctm.events import BatchFinished, Callback, emit
 
@@ -97,8 +97,7 @@ def write_folder(
         item = generate(split, index, seed, sample_rate, seconds)
         name = item_id(split, index, seed)
         wav = folder / f"{name}.wav"
-        with atomic_path(wav) as tmp:
-            sf.write(tmp, item.audio, sample_rate, subtype=subtype, format="WAV")
+        write_wav(wav, item.audio, sample_rate, subtype=subtype)
         write_text_atomic(wav.with_suffix(".txt"), item.caption + "\n")
         wavs.append(wav)
         rows.append(
