@@ -23,6 +23,8 @@ from soundctm._version import __version__
 from soundctm.config import DistillConfig
 from soundctm.engine.checkpoint import ComponentCard, SamplingDefaults, card_sha256
 from soundctm.engine.components import last_layer, teacher_features
+from soundctm.engine.hub import is_hub_id
+from soundctm.engine.hub import resolve as resolve_hub
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.ctm import CTM, STUDENT, TEACHER, ctm_jump
 from soundctm.engine.files import copy_dir, write_dir_atomic
@@ -141,6 +143,9 @@ def distill_run(
     if spec.teacher is None:
         raise InvalidArgumentError("teacher is not set; give the teacher's checkpoint folder")
     registry = registry or get_registry()
+    if is_hub_id(spec.teacher):  # hf:OWNER/REPO: the converted copy in the hub cache
+        found = resolve_hub(str(spec.teacher), registry=registry, callback=callback)
+        spec = spec.model_copy(update={"teacher": found.path})
     registry.get("dataset", spec.dataset.name)
     accelerator, state_path = prepare_run(spec, resume, callback)
     device, main = accelerator.device, accelerator.is_main_process
