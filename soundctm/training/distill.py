@@ -23,12 +23,12 @@ from soundctm._version import __version__
 from soundctm.config import DistillConfig
 from soundctm.engine.checkpoint import ComponentCard, SamplingDefaults, card_sha256
 from soundctm.engine.components import last_layer, teacher_features
-from soundctm.engine.hub import is_hub_id
-from soundctm.engine.hub import resolve as resolve_hub
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.ctm import CTM, STUDENT, TEACHER, ctm_jump
 from soundctm.engine.files import copy_dir, write_dir_atomic
 from soundctm.engine.guidance import GuidedModel
+from soundctm.engine.hub import is_hub_id
+from soundctm.engine.hub import resolve as resolve_hub
 from soundctm.engine.pipeline import Pipeline
 from soundctm.engine.schedule import append_dims, c_in, c_noise, karras_sigmas
 from soundctm.engine.weights import init_student_from_teacher
