@@ -158,6 +158,9 @@ class AudioLDMAutoencoder(nn.Module, CheckpointWeights):
 
     #: The VAE and vocoder weights go into soundctm checkpoints.
     checkpoint_weights = True
+    #: Latent lengths are rounded up (``latent_multiple``), so the sampler crops the audio to
+    #: the clip, as the official crops its 10.24 s to 10 s.
+    crop_to_clip = True
 
     @staticmethod
     def expand_params(params: dict[str, Any]) -> dict[str, Any]:

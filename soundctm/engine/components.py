@@ -222,6 +222,14 @@ class PhaseRetrieval(Protocol):
 
 
 @runtime_checkable
+class CropsToClip(Protocol):
+    """An autoencoder whose decoded audio may be longer than the clip asked for (it rounds the
+    latent length up, as a UNet needs): the sampler crops it to ``round(seconds * rate)``."""
+
+    crop_to_clip: bool
+
+
+@runtime_checkable
 class CheckpointWeights(Protocol):
     """A component that says whether its weights go into soundctm checkpoints (frozen encoders
     loaded from elsewhere say ``False``)."""
@@ -275,6 +283,11 @@ def phase_retrieval(autoencoder: object) -> bool:
     return isinstance(autoencoder, PhaseRetrieval) and bool(autoencoder.phase_retrieval)
 
 
+def crops_to_clip(autoencoder: object) -> bool:
+    """Whether decoded audio of ``autoencoder`` is cropped to the clip length (default: no)."""
+    return isinstance(autoencoder, CropsToClip) and bool(autoencoder.crop_to_clip)
+
+
 def checkpoint_weights(component: object) -> bool:
     """Whether a torch component's weights belong in the checkpoint (default: yes)."""
     return not isinstance(component, CheckpointWeights) or bool(component.checkpoint_weights)
@@ -303,6 +316,7 @@ __all__ = [
     "Backbone",
     "CheckpointWeights",
     "CountsParameters",
+    "CropsToClip",
     "Decoder",
     "Encoder",
     "ExpandsParams",
@@ -316,6 +330,7 @@ __all__ = [
     "TextEncoder",
     "TokenizerSpec",
     "checkpoint_weights",
+    "crops_to_clip",
     "declared_parameter_count",
     "expand_params",
     "last_layer",

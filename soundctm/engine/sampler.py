@@ -28,7 +28,13 @@ from torch import Tensor, nn
 
 from soundctm._version import __version__
 from soundctm.engine import schedule
-from soundctm.engine.components import Solver, TextEncoder, solver_grid, solver_options
+from soundctm.engine.components import (
+    Solver,
+    TextEncoder,
+    crops_to_clip,
+    solver_grid,
+    solver_options,
+)
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.ctm import TrajectoryModel
 from soundctm.engine.guidance import GuidedModel
@@ -211,7 +217,7 @@ class Sampler:
             out = fn(
                 model, x, sigmas, noise=PerSampleNoise(generators), callback=callback, **options
             )
-            audio = self.decode(out, plan.seconds)
+            audio = self.decode(out, plan.seconds if crops_to_clip(self.autoencoder) else None)
             emit(callback, BatchFinished(min(start + batch_size, total), total))
             yield Generation(
                 audio,

@@ -38,6 +38,7 @@ from soundctm.engine.components import (
     Decoder,
     OnnxGraph,
     TokenizerSpec,
+    crops_to_clip,
     onnx_exportable,
     onnx_graph,
     phase_retrieval,
@@ -361,6 +362,8 @@ def export_onnx(
                 "shape": list(latent),
                 "frame_axes": axes,
                 "samples_per_frame": spf,
+                # only where the decoder makes more than the clip (older readers ignore it)
+                **({"crop_to_clip": True} if crops_to_clip(pipe.autoencoder) else {}),
             },
             "text": {
                 "tokenizer": TOKENIZER_DIR,

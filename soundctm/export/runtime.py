@@ -289,6 +289,7 @@ class GraphDecoder:
         self.shape = [int(n) for n in latent["shape"]]
         self.frame_axes = [int(a) for a in latent["frame_axes"]]
         self.samples_per_frame = latent.get("samples_per_frame")
+        self.crop_to_clip = bool(latent.get("crop_to_clip", False))
 
     def latent_shape(self, seconds: float) -> tuple[int, ...]:
         """The latent shape at ``seconds``: ``frames = ceil(round(seconds * rate) / k)`` with
