@@ -300,3 +300,21 @@ def test_explicit_initial_latents_and_public_decode(imported):
     assert pipe.decode(z).shape[1] >= 8000
     with pytest.raises(InvalidArgumentError, match="latents must have the shape"):
         pipe.generate(["x"], seeds=[0], seconds=0.5, latents=x_t)
+
+
+@pytest.mark.slow
+def test_exported_onnx_matches_torch(imported, tmp_path):
+    """UNet student, FLAN-T5 encoder and VAE decoder + HiFi-GAN as ONNX graphs (no Griffin-Lim):
+    the onnxruntime pipeline gives the torch pipeline's audio (about 75 s here)."""
+    from soundctm.export.onnx import export_onnx
+    from soundctm.export.runtime import OrtPipeline
+
+    exported = export_onnx(imported, tmp_path / "exported")
+    ort = OrtPipeline.load(exported, providers=["cpu"])
+    ref_pipe = Pipeline.load(imported)
+    for steps, gamma in [(1, 0.0), (2, 0.5)]:
+        kw = {"seeds": [1], "steps": steps, "gamma": gamma, "seconds": 10.0}
+        ref = ref_pipe.generate(["a dog barks"], **kw).audio
+        got = ort.generate(["a dog barks"], **kw).audio
+        assert got.shape == ref.shape == (1, 160000)
+        assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
