@@ -132,14 +132,14 @@ def _download(
     try:
         return download(hub_id.repo, revision=hub_id.revision, allow_patterns=patterns)
     except Exception as exc:  # huggingface_hub raises many types: offline, 404, auth, network
-        what = " ".join(patterns) if patterns else "all files"
+        include = "".join(f" --include '{p}'" for p in patterns or [])
+        revision = f" --revision {hub_id.revision}" if hub_id.revision else ""
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(
             f"cannot fetch {hub_id} ({type(exc).__name__}: {first}); on a machine with network "
-            f"run `hf download {hub_id.repo}"
-            + (f" --revision {hub_id.revision}" if hub_id.revision else "")
-            + f"` ({what}) to fill the Hugging Face cache (HF_HOME), or download the files "
-            "into a folder and convert it with `soundctm import`"
+            f"run `hf download {hub_id.repo}{revision}{include}` to fill the Hugging Face cache "
+            "(HF_HOME; then copy it here), or download the files into a folder and convert it "
+            "with `soundctm import`"
         ) from exc
 
 
