@@ -318,3 +318,15 @@ def test_exported_onnx_matches_torch(imported, tmp_path):
         got = ort.generate(["a dog barks"], **kw).audio
         assert got.shape == ref.shape == (1, 160000)
         assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+
+
+def test_eval_model_runs_on_the_imported_model(imported, tmp_path):
+    out = tmp_path / "report"
+    r = CliRunner().invoke(
+        build_app(),
+        ["eval", "model", "--model", str(imported), "-n", "2", "--steps", "1", "--seconds", "0.5",
+         "--no-content", "--no-cache", "-o", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["n"] == 2 and res["runs"][0]["metrics"]["fd"]["value"] > 0
