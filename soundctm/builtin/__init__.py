@@ -47,6 +47,12 @@ TEXT_ENCODERS = {
         "soundctm.builtin.text:FlanT5Encoder",
         "FLAN-T5 with its weights in the checkpoint (the official SoundCTM-UNet's text encoder)",
     ),
+    "clap": (
+        "soundctm.builtin.clap:ClapTextEncoder",
+        "LAION-CLAP text embedding as one token (v1: projected 512-d, v2: RoBERTa pooler 768-d), "
+        "weights in the checkpoint (the official SoundCTM-DiT's; convert 630k-audioset-best.pt "
+        "with from_official_clap)",
+    ),
 }
 
 AUTOENCODERS = {
