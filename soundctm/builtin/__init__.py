@@ -65,6 +65,12 @@ AUTOENCODERS = {
         "AudioLDM VAE (8 x T x 16 latents of a 64-band log-mel, 16 kHz) + HiFi-GAN vocoder; the "
         "official SoundCTM-UNet's stage 1 (convert audioldm-s-full.ckpt with from_official_stage1)",
     ),
+    "gaussian-dac": (
+        "soundctm.builtin.gaussian_dac:GaussianDACAutoencoder",
+        "GaussianDAC waveform VAE (64 x T latents, hop 1024, 44.1 kHz mono); the official "
+        "SoundCTM-DiT's stage 1 (convert weights.pth and z_stats.pth with "
+        "from_official_gaussian_dac)",
+    ),
 }
 
 DATASETS = {
