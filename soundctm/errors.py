@@ -51,3 +51,10 @@ class StorageError(OutputPathError, OSError):
     Also an :class:`OSError` (``errno`` is the OS error number, when known), so code that
     catches ``OSError`` around a save keeps working; its message is the one line for the user.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name: for one-line
+    errors that quote a library's reason."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__

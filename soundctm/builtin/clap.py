@@ -48,7 +48,6 @@ from soundctm.builtin.text import (
     CachedTextEncoder,
     TextEncoderUnavailableError,
     _check_max_length,
-    _first_line,
 )
 from soundctm.engine.components import (
     TEXT_GRAPH_INPUTS,
@@ -59,7 +58,7 @@ from soundctm.engine.components import (
     TokenizerSpec,
 )
 from soundctm.engine.hf import quiet_transformers
-from soundctm.errors import CheckpointError, InvalidArgumentError, PluginError
+from soundctm.errors import CheckpointError, InvalidArgumentError, PluginError, first_line
 
 VARIANTS = ("v1", "v2")
 #: The official tokenisation: every prompt padded (and truncated) to 77 tokens.
@@ -131,7 +130,7 @@ def build_text_model(variant: str, config: Mapping[str, Any]) -> nn.Module:
                 model = RobertaModel(RobertaConfig(**config), add_pooling_layer=True)
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(
-            f"the clap text encoder's config is not valid ({_first_line(exc)})"
+            f"the clap text encoder's config is not valid ({first_line(exc)})"
         ) from exc
     embeddings = model.text_model.embeddings if variant == "v1" else model.embeddings
     for name in _BUFFERS:
@@ -229,7 +228,7 @@ class ClapTextEncoder(CachedTextEncoder, CheckpointWeights, OnnxExportable):
         except (OSError, ValueError) as exc:
             raise TextEncoderUnavailableError(
                 f"RoBERTa tokenizer {tokenizer!r} of the clap text encoder is not available "
-                f"({_first_line(exc)}); download it once with `hf download {tokenizer}` or pass "
+                f"({first_line(exc)}); download it once with `hf download {tokenizer}` or pass "
                 "a local folder"
             ) from exc
         pad = self.tokenizer.pad_token_id

@@ -43,7 +43,7 @@ from soundctm.engine.components import (
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.dsp import pad_token_states
 from soundctm.engine.hf import quiet_transformers
-from soundctm.errors import InvalidArgumentError, PluginError
+from soundctm.errors import InvalidArgumentError, PluginError, first_line
 
 #: Default number of prompts whose token states a :class:`CachedTextEncoder` keeps.
 DEFAULT_CACHE_SIZE = 4096
@@ -379,7 +379,7 @@ class T5Encoder(TransformersTextEncoder):
             model = model.to(DTYPES[dtype])
         except (OSError, ValueError) as exc:
             raise TextEncoderUnavailableError(
-                f"T5 text encoder {path!r} is not available locally ({_first_line(exc)}); "
+                f"T5 text encoder {path!r} is not available locally ({first_line(exc)}); "
                 f"download it once with `hf download {path}` "
                 "(`huggingface-cli download` on older versions) or pass a local T5 directory"
             ) from exc
@@ -429,7 +429,7 @@ class FlanT5Encoder(TransformersTextEncoder):
                     model = T5EncoderModel(T5Config(**config))
         except (OSError, ValueError) as exc:
             raise TextEncoderUnavailableError(
-                f"FLAN-T5 tokenizer {tokenizer!r} is not available ({_first_line(exc)}); "
+                f"FLAN-T5 tokenizer {tokenizer!r} is not available ({first_line(exc)}); "
                 f"download it once with `hf download {tokenizer}` or pass a local folder"
             ) from exc
         super().__init__(tok, model, max_length=max_length, cache_size=cache_size, exact=exact)
@@ -452,11 +452,6 @@ class FlanT5Encoder(TransformersTextEncoder):
         if self._TIED in state and self._ALIAS not in state:
             state[self._ALIAS] = state[self._TIED]
         return super().load_state_dict(state, strict=strict, assign=assign)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [

@@ -36,6 +36,15 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def show_messages(event: object) -> None:
+    """A library callback that prints the text of :class:`~soundctm.events.Message` events on
+    stderr, as plain text (paths may contain brackets)."""
+    from soundctm.events import Message
+
+    if isinstance(event, Message):
+        err_console.print(event.text, highlight=False, soft_wrap=True, markup=False)
+
+
 def handle_errors(fn: F) -> F:
     """Turn user errors into one line + exit 2; unexpected errors into one line + exit 1."""
 

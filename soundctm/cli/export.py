@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from soundctm.cli.common import console, err_console
+from soundctm.cli.common import console, err_console, show_messages
 from soundctm.cli.models import resolve_model
 from soundctm.cli.options import model_option
 from soundctm.errors import InvalidArgumentError
@@ -44,19 +44,14 @@ def export(
 
         require_tensorrt()  # fail before the slow ONNX export when TensorRT or a GPU is missing
 
-    from soundctm.events import Message
     from soundctm.export import build_engines, export_onnx
-
-    def show(event: object) -> None:
-        if isinstance(event, Message):
-            err_console.print(event.text, highlight=False, soft_wrap=True, markup=False)
 
     started = time.perf_counter()
     status = err_console.status("exporting to ONNX", spinner="dots")
     with status if err_console.is_terminal else contextlib.nullcontext():
-        path = export_onnx(model_dir, out, opset=opset, fp16=fp16, callback=show)
+        path = export_onnx(model_dir, out, opset=opset, fp16=fp16, callback=show_messages)
         if format == "tensorrt":
-            build_engines(path, fp16=fp16, callback=show)
+            build_engines(path, fp16=fp16, callback=show_messages)
     console.print(
         f"exported {model_dir} -> {path} in {time.perf_counter() - started:.1f} s "
         f'(run it: soundctm sample "..." --model {path})',

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from soundctm.cli.common import console, err_console, handle_errors
+from soundctm.cli.common import console, err_console, handle_errors, show_messages
 from soundctm.cli.options import Command, Group
 
 import_app = typer.Typer(
@@ -66,13 +66,9 @@ def soundctm_unet(
     Every source file's SHA-256 goes into the card, with the weights chosen and the converter
     version (docs/official-models.md).
     """
-    from soundctm.builtin.official.soundctm_unet import import_soundctm_unet
-    from soundctm.events import Message
+    from soundctm.plugins.registry import get_registry
 
-    def show(event: object) -> None:
-        if isinstance(event, Message):
-            err_console.print(event.text, highlight=False, soft_wrap=True, markup=False)
-
+    import_soundctm_unet = get_registry().load("importer", "soundctm-unet")
     started = time.perf_counter()
     status = err_console.status("converting", spinner="dots")
     with status if err_console.is_terminal else contextlib.nullcontext():
@@ -84,7 +80,7 @@ def soundctm_unet(
             unet_config=unet_config,
             text_encoder=text_encoder,
             trust_pickle=trust_pickle,
-            callback=show,
+            callback=show_messages,
         )
     console.print(
         f"imported {src} -> {path} in {time.perf_counter() - started:.1f} s "

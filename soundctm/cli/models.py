@@ -37,15 +37,10 @@ def resolve_model_source(model: Path | str | None) -> tuple[Path, dict[str, Any]
     from soundctm.engine.hub import is_hub_id
 
     if is_hub_id(model):
-        from soundctm.cli.common import err_console
+        from soundctm.cli.common import show_messages
         from soundctm.engine.hub import resolve
-        from soundctm.events import Message
 
-        def show(event: object) -> None:
-            if isinstance(event, Message):
-                err_console.print(event.text, highlight=False, soft_wrap=True, markup=False)
-
-        found = resolve(str(model), callback=show)
+        found = resolve(str(model), callback=show_messages)
         return found.path, found.record()
     if model is not None:
         return Path(model), None

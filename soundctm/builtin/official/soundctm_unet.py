@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from soundctm.engine.checkpoint import sha256_file
-from soundctm.errors import CheckpointError, InvalidArgumentError
+from soundctm.errors import CheckpointError, InvalidArgumentError, first_line
 
 #: Bumped whenever the conversion changes what it writes (it keys the hub cache too).
 CONVERTER_VERSION = 1
@@ -126,12 +126,12 @@ def load_torch_file(path: Path, *, trust_pickle: bool = False) -> dict[str, Any]
         data = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path} holds pickled objects beyond tensors ({_first_line(exc)}); if you trust the "
+            f"{path} holds pickled objects beyond tensors ({first_line(exc)}); if you trust the "
             "file, allow full unpickling with --trust-pickle"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path} cannot be read as a torch checkpoint ({_first_line(exc)}); the file is "
+            f"{path} cannot be read as a torch checkpoint ({first_line(exc)}); the file is "
             "truncated or not what it should be; download it again"
         ) from exc
     if not isinstance(data, dict):
@@ -195,7 +195,7 @@ def t5_config(source: str, state: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"the configuration of the text encoder {source!r} is not available "
-            f"({_first_line(exc)}); download it once with `hf download {source}` or pass "
+            f"({first_line(exc)}); download it once with `hf download {source}` or pass "
             "--text-encoder DIR"
         ) from exc
     width = state.get("shared.weight")
@@ -363,7 +363,7 @@ def _write(
         except RuntimeError as exc:
             raise CheckpointError(
                 f"the official {name} weights do not fit its configuration "
-                f"({_first_line(exc)}); pass the UNet config they were trained with"
+                f"({first_line(exc)}); pass the UNet config they were trained with"
             ) from exc
     pipe.save(path)
 
@@ -371,11 +371,6 @@ def _write(
 def _latent_multiple(unet: dict[str, Any]) -> int:
     """Latent frames must be a multiple of the UNet's downsampling (2 per level but the last)."""
     return 2 ** (len(unet["block_out_channels"]) - 1)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [
