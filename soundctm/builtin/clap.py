@@ -44,10 +44,10 @@ from torch import Tensor, nn
 
 from soundctm.builtin.text import (
     DEFAULT_CACHE_SIZE,
-    EXPORT_EXAMPLE_PROMPT,
     CachedTextEncoder,
     TextEncoderUnavailableError,
     _check_max_length,
+    export_preflight,
 )
 from soundctm.engine.components import (
     TEXT_GRAPH_INPUTS,
@@ -58,7 +58,7 @@ from soundctm.engine.components import (
     TokenizerSpec,
 )
 from soundctm.engine.hf import quiet_transformers
-from soundctm.errors import CheckpointError, InvalidArgumentError, PluginError, first_line
+from soundctm.errors import CheckpointError, InvalidArgumentError, first_line
 
 VARIANTS = ("v1", "v2")
 #: The official tokenisation: every prompt padded (and truncated) to 77 tokens.
@@ -297,17 +297,7 @@ class ClapTextEncoder(CachedTextEncoder, CheckpointWeights, OnnxExportable):
         :data:`EXPORT_EXAMPLE_PROMPT`, and the tokenisation the runtime repeats (unpadded ids;
         the graph pads). Refused for a subclass that changes the tokenisation or the forward
         pass, and for a tokenizer that cannot be saved."""
-        for method in ("encode_prompts", "_embed", "token_ids"):
-            if getattr(type(self), method) is not getattr(ClapTextEncoder, method):
-                raise PluginError(
-                    f"it overrides {method}, so its graph would differ from its Python code"
-                )
-        tok = self.tokenizer
-        if not callable(getattr(tok, "save_pretrained", None)):
-            raise PluginError("its tokenizer cannot be saved (no save_pretrained)")
-        ids = torch.tensor(
-            [self.token_ids(EXPORT_EXAMPLE_PROMPT)] * 2, dtype=torch.long, device=self.device
-        )
+        tok, ids = export_preflight(self, ClapTextEncoder, ("encode_prompts", "_embed"))
         fallback = tok.eos_token_id if tok.eos_token_id is not None else self.pad_token_id
         return OnnxGraph(
             module=ClapTextGraph(self.model, self.variant, self.max_length, self.pad_token_id),

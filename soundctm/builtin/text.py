@@ -204,6 +204,25 @@ class TextEncoderGraph(nn.Module):
         return out.last_hidden_state.float()
 
 
+def export_preflight(encoder: Any, base: type, methods: tuple[str, ...]) -> tuple[Any, Tensor]:
+    """What every Hugging Face text encoder's ``onnx_export`` checks first: ``encoder`` does not
+    override ``methods`` or ``token_ids`` of ``base`` (its graph would then differ from its Python
+    code) and its tokenizer can be saved. Returns the tokenizer and the example ids (two rows of
+    :data:`EXPORT_EXAMPLE_PROMPT`)."""
+    for method in (*methods, "token_ids"):
+        if getattr(type(encoder), method) is not getattr(base, method):
+            raise PluginError(
+                f"it overrides {method}, so its graph would differ from its Python code"
+            )
+    tok = encoder.tokenizer
+    if not callable(getattr(tok, "save_pretrained", None)):
+        raise PluginError("its tokenizer cannot be saved (no save_pretrained)")
+    ids = torch.tensor(
+        [encoder.token_ids(EXPORT_EXAMPLE_PROMPT)] * 2, dtype=torch.long, device=encoder.device
+    )
+    return tok, ids
+
+
 class TransformersTextEncoder(CachedTextEncoder, CheckpointWeights, OnnxExportable):
     """A frozen Hugging Face encoder (tokenizer + model loaded with ``local_files_only=True``)
     whose last hidden states are the token states.
@@ -256,17 +275,7 @@ class TransformersTextEncoder(CachedTextEncoder, CheckpointWeights, OnnxExportab
         :data:`EXPORT_EXAMPLE_PROMPT`, and the tokenisation the runtime repeats. Refused for a
         subclass that changes the tokenisation or the forward pass (its graph would differ from
         its Python code) and for a tokenizer that cannot be saved."""
-        for method in ("encode_prompts", "_run", "token_ids"):
-            if getattr(type(self), method) is not getattr(TransformersTextEncoder, method):
-                raise PluginError(
-                    f"it overrides {method}, so its graph would differ from its Python code"
-                )
-        tok = self.tokenizer
-        if not callable(getattr(tok, "save_pretrained", None)):
-            raise PluginError("its tokenizer cannot be saved (no save_pretrained)")
-        ids = torch.tensor(
-            [self.token_ids(EXPORT_EXAMPLE_PROMPT)] * 2, dtype=torch.long, device=self.device
-        )
+        tok, ids = export_preflight(self, TransformersTextEncoder, ("encode_prompts", "_run"))
         fallback = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
         return OnnxGraph(
             module=TextEncoderGraph(self.model),
@@ -465,4 +474,5 @@ __all__ = [
     "TextEncoderGraph",
     "TextEncoderUnavailableError",
     "TransformersTextEncoder",
+    "export_preflight",
 ]
