@@ -368,3 +368,41 @@ def test_network_graph_traces_with_torch_export() -> None:
             cond.mask[:1].repeat(3, 1),
         )
         assert torch.allclose(exported.module()(*args2), graph(*args2), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_export_of_a_tiny_pipeline(tmp_path) -> None:
+    """``soundctm export`` of a tiny Pipeline whose backbone is ``dit-official`` (a tiny T5 text
+    encoder, 16-d, projected to the width: ``project_cond_tokens``)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from test_export import _tiny_t5
+
+    from soundctm.engine.pipeline import Pipeline
+    from soundctm.export.onnx import export_onnx
+    from soundctm.export.runtime import OrtPipeline
+
+    t5 = _tiny_t5(tmp_path / "t5")
+    params = {**FULL_ROTARY, "cond_token_dim": 16, "project_cond_tokens": True, "student": True}
+    torch.manual_seed(0)
+    pipe = Pipeline.build(
+        kind="ctm",
+        backbone=("dit-official", params),
+        text_encoder=("t5", {"path": str(t5)}),
+        autoencoder=("toy-frames", {"sample_rate": 8000, "channels": 8}),
+        sigma_data=0.5,
+        seconds=0.25,
+        max_seconds=1.0,
+        provenance={"made_by": "tests"},
+    )
+    _randomise(pipe.ctm.backbone)
+    for name, value in pipe.ctm.backbone.state_dict().items():  # keep the output moderate
+        if name.endswith("weight") and value.ndim > 1:
+            value.mul_(0.5)
+    out = export_onnx(pipe.save(tmp_path / "ckpt"), tmp_path / "exported")
+    ort = OrtPipeline.load(out, providers=["cpu"])
+    kw = {"seeds": [1, 2], "steps": 2, "gamma": 0.0, "omega": 5.0}
+    ref = pipe.generate(["a dog barks", "rain"], **kw)
+    got = ort.generate(["a dog barks", "rain"], **kw)
+    peak = float(ref.audio.abs().max())
+    assert float((got.audio - ref.audio).abs().max()) <= 1e-3 * max(1.0, peak)
