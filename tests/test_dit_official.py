@@ -323,6 +323,22 @@ def test_bad_inputs_raise() -> None:
         OfficialDiT.parameter_count({"depth": 10**6})
 
 
+def test_text_mask_and_empty_text() -> None:
+    """Padding tokens do not matter; a row with no real token stays finite (uniform attention,
+    as the official masked softmax)."""
+    model = OfficialDiT(**FULL_ROTARY, student=True).eval()
+    _randomise(model)
+    x, t, s, omega, cond = _inputs(FULL_ROTARY, tokens=4)
+    changed = cond.tokens.clone()
+    changed[1, 2:] += 10.0  # masked positions of row 1
+    with torch.no_grad():
+        a = model(x, t, s, omega, cond)
+        b = model(x, t, s, omega, Conditioning(changed, cond.mask))
+        assert torch.allclose(a, b, atol=1e-6)
+        empty = Conditioning(cond.tokens, torch.zeros_like(cond.mask))
+        assert torch.isfinite(model(x, t, s, omega, empty)).all()
+
+
 def test_patch_size_two_runs() -> None:
     model = OfficialDiT(**{**FULL_ROTARY, "patch_size": 2}, student=True).eval()
     _randomise(model)
