@@ -61,7 +61,7 @@ def test_autoload_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("SOUNDCTM_DISABLE_PLUGIN_AUTOLOAD", "1")
     reg.reset_registry()
     r = reg.get_registry()
-    assert r.names("backbone") == ["dit", "unet2d"]  # the built-ins only, no toy-conv
+    assert r.names("backbone") == ["dit", "dit-official", "unet2d"]  # built-ins only, no toy-conv
     assert "gamma" in r.names("solver")
     with pytest.raises(UnknownComponentError, match="no installed plugin provides the backbone"):
         r.get("backbone", "toy-conv")

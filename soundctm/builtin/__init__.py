@@ -27,6 +27,11 @@ BACKBONES = {
         "SoundCTM-DiT: transformer over latent frames (rotary self-attention, text "
         "cross-attention, SwiGLU); teacher or CTM student",
     ),
+    "dit-official": (
+        "soundctm.builtin.dit_official:OfficialDiT",
+        "The released SoundCTM-DiT network (44.1 kHz, koichisaito/soundctm_dit): the official "
+        "state-dict names, presets v1/v2; teacher or CTM student",
+    ),
     "unet2d": (
         "soundctm.builtin.unet:UNet2DBackbone",
         "diffusers UNet2DConditionModel over [C, time, mel] latents (TANGO, the official "
