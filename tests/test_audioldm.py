@@ -20,7 +20,8 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-from soundctm.builtin.audioldm import AudioLDMAutoencoder, from_official_stage1
+from soundctm.builtin.audioldm import AudioLDMAutoencoder
+from soundctm.builtin.official.audioldm_stage1 import from_official_stage1
 from soundctm.errors import CheckpointError, InvalidArgumentError
 from soundctm.plugins.registry import get_registry
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from soundctm.builtin.gaussian_dac import GaussianDACAutoencoder, from_official_gaussian_dac
+from soundctm.builtin.gaussian_dac import GaussianDACAutoencoder
+from soundctm.builtin.official.gaussian_dac_weights import from_official_gaussian_dac
 from soundctm.errors import CheckpointError, InvalidArgumentError
 from soundctm.plugins.registry import get_registry
 

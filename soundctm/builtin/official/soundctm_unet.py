@@ -251,7 +251,7 @@ def import_soundctm_unet(
         str(summary.get("text_encoder_name", "google/flan-t5-large")), files.root
     )
 
-    from soundctm.builtin.audioldm import from_official_stage1
+    from soundctm.builtin.official.audioldm_stage1 import from_official_stage1
 
     emit(callback, Message(f"reading {STAGE1_FILE}"))
     stage1_params, stage1_state, _ = from_official_stage1(files.stage1, trust_pickle=trust_pickle)
