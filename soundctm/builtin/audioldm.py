@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from soundctm.engine.components import CheckpointWeights
-from soundctm.engine.dsp import frame_signal, mel_filterbank
+from soundctm.engine.dsp import check_rank, frame_signal, mel_filterbank
 from soundctm.errors import InvalidArgumentError
 
 #: ``log(clamp(mel, 1e-5))``: the log floor of AudioLDM's (and HiFi-GAN's) mel front end.
@@ -297,7 +297,7 @@ class AudioLDMAutoencoder(nn.Module, CheckpointWeights):
     def log_mel(self, audio: Tensor, *, frames: int | None = None) -> Tensor:
         """The official log-mel ``[B, frames, n_mels]`` (time x mel) of audio ``[B, n]``,
         normalised by :meth:`prepare` first."""
-        audio = _check(audio, 2, "audio [B, n]").float()
+        audio = check_rank(audio, 2, "audio [B, n]").float()
         frames = self._check_frames(audio.shape[-1] if frames is None else frames, frames is None)
         x = self.prepare(audio, frames)
         half = self.n_fft // 2
@@ -321,7 +321,7 @@ class AudioLDMAutoencoder(nn.Module, CheckpointWeights):
     def decode_mel(self, latents: Tensor) -> Tensor:
         """Latents ``[B, 8, T, 16]`` to the VAE's log-mel ``[B, 4 T, n_mels]``:
         ``vae.decode(latents / scale_factor)``."""
-        latents = _check(latents, 4, "latents [B, channels, T, mel/4]")
+        latents = check_rank(latents, 4, "latents [B, channels, T, mel/4]")
         want = (self.latent_channels, self.n_mels // self.downsampling)
         if (latents.shape[1], latents.shape[3]) != want:
             raise InvalidArgumentError(
@@ -336,7 +336,7 @@ class AudioLDMAutoencoder(nn.Module, CheckpointWeights):
     def vocode(self, mel: Tensor) -> Tensor:
         """Log-mel ``[B, frames, n_mels]`` to audio ``[B, hop * frames]`` with the HiFi-GAN
         (its extra tail samples are cropped)."""
-        mel = _check(mel, 3, "mel [B, frames, n_mels]")
+        mel = check_rank(mel, 3, "mel [B, frames, n_mels]")
         audio = self.vocoder(mel)
         return audio[:, : mel.shape[1] * self.hop_length].float()
 
@@ -350,13 +350,6 @@ class AudioLDMAutoencoder(nn.Module, CheckpointWeights):
                 f"frames must be a positive multiple of {self.downsampling}, got {value}"
             )
         return value
-
-
-def _check(x: Tensor, dim: int, what: str) -> Tensor:
-    if not isinstance(x, Tensor) or x.dim() != dim:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InvalidArgumentError(f"expected {what}, got {shape}")
-    return x
 
 
 __all__ = [

@@ -57,7 +57,7 @@ from soundctm.engine.components import (
     OnnxGraph,
     TokenizerSpec,
 )
-from soundctm.engine.hf import quiet_transformers
+from soundctm.engine.hf import hf_source, quiet_transformers
 from soundctm.errors import CheckpointError, InvalidArgumentError, first_line
 
 VARIANTS = ("v1", "v2")
@@ -215,11 +215,7 @@ class ClapTextEncoder(CachedTextEncoder, CheckpointWeights, OnnxExportable):
                 "model; use at most that (77 is the official value)"
             )
         self.dim = int(cfg.projection_dim if variant == "v1" else cfg.hidden_size)
-        source = (
-            str(Path(tokenizer).expanduser())
-            if Path(tokenizer).expanduser().exists()
-            else tokenizer
-        )
+        source = hf_source(tokenizer)
         from transformers import AutoTokenizer
 
         try:

@@ -335,6 +335,22 @@ def _number(value: float) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
+def check_conditioning(
+    name: str, x: Tensor, t_noise: Tensor, cond: Conditioning, text_dim: int, field: str
+) -> None:
+    """One noise level per sample and text tokens ``[B, L, text_dim]``, or a one-line error
+    that names the backbone (``name``) and its width parameter (``field``)."""
+    if t_noise.shape != (x.shape[0],):
+        raise InvalidArgumentError(
+            f"{name} expects one noise level per sample [{x.shape[0]}], got {tuple(t_noise.shape)}"
+        )
+    if cond.tokens.shape[0] != x.shape[0] or cond.tokens.shape[2] != text_dim:
+        raise InvalidArgumentError(
+            f"{name} expects text tokens [{x.shape[0]}, L, {text_dim}], got "
+            f"{tuple(cond.tokens.shape)}; check that {field} matches the text encoder"
+        )
+
+
 def _check_config(
     *,
     in_channels: int,
@@ -541,15 +557,7 @@ class DiT(nn.Module, TeacherFeatures, HasLastLayer, HasMaxFrames, ExpandsParams,
             )
         if frames < 1:
             raise InvalidArgumentError("DiT needs at least one latent frame")
-        if t_noise.shape != (x.shape[0],):
-            raise InvalidArgumentError(
-                f"DiT expects one noise level per sample [{x.shape[0]}], got {tuple(t_noise.shape)}"
-            )
-        if cond.tokens.shape[0] != x.shape[0] or cond.tokens.shape[2] != self.text_dim:
-            raise InvalidArgumentError(
-                f"DiT expects text tokens [{x.shape[0]}, L, {self.text_dim}], got "
-                f"{tuple(cond.tokens.shape)}; check that text_dim matches the text encoder"
-            )
+        check_conditioning("DiT", x, t_noise, cond, self.text_dim, "text_dim")
 
     def _run(
         self,

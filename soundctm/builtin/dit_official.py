@@ -59,6 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from soundctm.builtin.dit import check_conditioning
 from soundctm.builtin.dit_official_blocks import (
     FF_MULT,
     FourierTimeFeatures,
@@ -374,16 +375,7 @@ class OfficialDiT(
             raise InvalidArgumentError(
                 f"the latent has {frames} frames but this DiT accepts at most {self.max_frames}"
             )
-        if t_noise.shape != (x.shape[0],):
-            raise InvalidArgumentError(
-                f"official DiT expects one noise level per sample [{x.shape[0]}], got "
-                f"{tuple(t_noise.shape)}"
-            )
-        if cond.tokens.shape[0] != x.shape[0] or cond.tokens.shape[2] != self.cond_token_dim:
-            raise InvalidArgumentError(
-                f"official DiT expects text tokens [{x.shape[0]}, L, {self.cond_token_dim}], got "
-                f"{tuple(cond.tokens.shape)}; check that cond_token_dim matches the text encoder"
-            )
+        check_conditioning("official DiT", x, t_noise, cond, self.cond_token_dim, "cond_token_dim")
 
     def _trunk(
         self,

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from soundctm.engine.components import CheckpointWeights
+from soundctm.engine.dsp import check_rank
 from soundctm.errors import InvalidArgumentError
 
 #: The official sample rate (mono).
@@ -357,7 +358,7 @@ class GaussianDACAutoencoder(nn.Module, CheckpointWeights):
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents ``[B, latent_dim, T]`` to audio ``[B, hop * T]`` (float32)."""
-        latents = _check(latents, 3, f"latents [B, {self.latent_dim}, T]")
+        latents = check_rank(latents, 3, f"latents [B, {self.latent_dim}, T]")
         if latents.shape[1] != self.latent_dim:
             raise InvalidArgumentError(
                 f"gaussian-dac latents need shape [B, {self.latent_dim}, T], got "
@@ -384,7 +385,7 @@ class GaussianDACAutoencoder(nn.Module, CheckpointWeights):
     def posterior(self, audio: Tensor) -> tuple[Tensor, Tensor]:
         """Audio ``[B, n]`` to the posterior mean and log-variance (clamped to [-30, 20]) of
         ``z``, each ``[B, latent_dim, ceil(n / hop)]`` (not normalised)."""
-        audio = _check(audio, 2, "audio [B, n]")
+        audio = check_rank(audio, 2, "audio [B, n]")
         if audio.shape[-1] < 1:
             raise InvalidArgumentError("gaussian-dac cannot encode an empty clip")
         dtype = self.pre_conv.weight.dtype
@@ -394,13 +395,6 @@ class GaussianDACAutoencoder(nn.Module, CheckpointWeights):
         moments = self.pre_conv(self.encoder(x))
         mean, logvar = torch.chunk(moments, 2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
-
-
-def _check(x: Tensor, dim: int, what: str) -> Tensor:
-    if not isinstance(x, Tensor) or x.dim() != dim:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InvalidArgumentError(f"expected {what}, got {shape}")
-    return x
 
 
 __all__ = [

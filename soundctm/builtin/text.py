@@ -26,7 +26,6 @@ import importlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -42,7 +41,7 @@ from soundctm.engine.components import (
 )
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.dsp import pad_token_states
-from soundctm.engine.hf import quiet_transformers
+from soundctm.engine.hf import hf_source, quiet_transformers
 from soundctm.errors import InvalidArgumentError, PluginError, first_line
 
 #: Default number of prompts whose token states a :class:`CachedTextEncoder` keeps.
@@ -379,7 +378,7 @@ class T5Encoder(TransformersTextEncoder):
             )
         from transformers import AutoTokenizer, T5EncoderModel
 
-        source = str(Path(path).expanduser()) if Path(path).expanduser().exists() else str(path)
+        source = hf_source(path)
         try:
             with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
@@ -424,11 +423,7 @@ class FlanT5Encoder(TransformersTextEncoder):
         _check_max_length(max_length)
         from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-        source = (
-            str(Path(tokenizer).expanduser())
-            if Path(tokenizer).expanduser().exists()
-            else tokenizer
-        )
+        source = hf_source(tokenizer)
         try:
             with quiet_transformers():
                 tok = AutoTokenizer.from_pretrained(source)

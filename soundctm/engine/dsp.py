@@ -110,3 +110,12 @@ def pad_token_states(states: Sequence[Tensor], dim: int) -> Conditioning:
         tokens[row, : s.shape[0]] = s
         mask[row, : s.shape[0]] = True
     return Conditioning(tokens, mask)
+
+
+def check_rank(x: object, dim: int, what: str) -> Tensor:
+    """``x`` if it is a tensor with ``dim`` axes, else a one-line error naming ``what`` was
+    expected (e.g. ``"audio [B, n]"``) and what came."""
+    if not isinstance(x, Tensor) or x.dim() != dim:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InvalidArgumentError(f"expected {what}, got {shape}")
+    return x

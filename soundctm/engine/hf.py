@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 
 @contextlib.contextmanager
@@ -21,3 +22,10 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def hf_source(name: str) -> str:
+    """``name`` as ``from_pretrained`` should see it: an existing local folder (``~`` expanded),
+    else the hub id as given (the Hugging Face cache, or a download where allowed)."""
+    local = Path(name).expanduser()
+    return str(local) if local.exists() else str(name)
