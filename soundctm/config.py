@@ -73,6 +73,8 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Gamma = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 SamplingSteps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+#: The dtype the backbone computes in (``Pipeline.load(dtype=)``); half precision is for GPUs.
+Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 class SampleSettings(CommandSettings):
@@ -93,6 +95,7 @@ class SampleSettings(CommandSettings):
     out: Path = Path("outputs")
     batch_size: int = Field(default=8, ge=1)
     device: str = "auto"
+    dtype: Dtype = "float32"
 
 
 class RefineSettings(CommandSettings):
@@ -106,6 +109,7 @@ class RefineSettings(CommandSettings):
     model: Path | None = None
     out: Path | None = None
     device: str = "auto"
+    dtype: Dtype = "float32"
 
 
 def read_toml_section(path: Path | None, command: str) -> dict[str, Any]:

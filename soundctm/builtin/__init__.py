@@ -136,6 +136,10 @@ IMPORTERS = {
         "soundctm.builtin.official.soundctm_unet:import_soundctm_unet",
         "The official SoundCTM-UNet, 16 kHz (Hugging Face Sony/soundctm)",
     ),
+    "soundctm-dit": (
+        "soundctm.builtin.official.soundctm_dit:import_soundctm_dit",
+        "The official SoundCTM-DiT, 44.1 kHz, v1/v2 (Hugging Face koichisaito/soundctm_dit)",
+    ),
 }
 
 #: The built-in commands are listed from the CLI's own table (the app adds them itself).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from soundctm.errors import CheckpointError
+from soundctm.errors import CheckpointError, InvalidArgumentError
 
 
 def default_model_path() -> Path | None:
@@ -14,16 +14,22 @@ def default_model_path() -> Path | None:
     return here if (here / "model.json").is_file() else None
 
 
-def load_model(model_dir: Path, device: str):  # noqa: ANN201 - a Pipeline or an OrtPipeline
-    """A torch pipeline, or the onnxruntime pipeline when ``model_dir`` holds an ONNX export."""
+def load_model(model_dir: Path, device: str, dtype: str = "float32"):  # noqa: ANN201
+    """A torch pipeline (its backbone in ``dtype``), or the onnxruntime pipeline when
+    ``model_dir`` holds an ONNX export (``dtype`` must then be float32)."""
     from soundctm.export.runtime import is_exported, load_exported, providers_for_device
 
     if is_exported(model_dir):
+        if dtype != "float32":
+            raise InvalidArgumentError(
+                f"--dtype {dtype} applies to torch models; {model_dir} is an ONNX export "
+                "(float32 graphs); drop --dtype"
+            )
         return load_exported(model_dir, providers=providers_for_device(device))
     from soundctm.engine.devices import resolve_device
     from soundctm.engine.pipeline import Pipeline
 
-    return Pipeline.load(model_dir, device=resolve_device(device))
+    return Pipeline.load(model_dir, device=resolve_device(device), dtype=dtype)
 
 
 def resolve_model(model: Path | str | None) -> Path:

@@ -129,6 +129,15 @@ Device = Annotated[
     ),
 ]
 
+DtypeOption = Annotated[
+    str | None,
+    _opt(
+        "--dtype",
+        text="Backbone precision: float32, or bfloat16 / float16 (GPUs: half the memory of a "
+        "large model) (default: float32).",
+    ),
+]
+
 # --- sampling -----------------------------------------------------------------------------------
 
 

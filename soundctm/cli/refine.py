@@ -11,6 +11,7 @@ import typer
 from soundctm.cli.common import console, err_console
 from soundctm.cli.options import (
     Device,
+    DtypeOption,
     config_option,
     gamma_option,
     model_option,
@@ -34,6 +35,7 @@ def refine(
     model: model_option("Use this checkpoint instead of the one in the sidecar.") = None,  # type: ignore[valid-type]
     out: out_option("beside the input") = None,  # type: ignore[valid-type]
     device: Device = None,
+    dtype: DtypeOption = None,
     config: config_option("refine") = None,  # type: ignore[valid-type]
 ) -> None:
     """Re-run a sample deterministically with more steps: same noise, same content, cleaner.
@@ -41,7 +43,14 @@ def refine(
     Writes a new WAV + sidecar beside the input (or in --out); never overwrites the input.
     """
     settings = load_settings(
-        RefineSettings, config, steps=steps, gamma=gamma, model=model, out=out, device=device
+        RefineSettings,
+        config,
+        steps=steps,
+        gamma=gamma,
+        model=model,
+        out=out,
+        device=device,
+        dtype=dtype,
     )
 
     from soundctm.engine.audio_io import free_stem, params_from_record, read_sidecar, save_sample
@@ -74,7 +83,7 @@ def refine(
     from soundctm.cli.models import load_model
     from soundctm.cli.progress import GenerationProgress
 
-    pipe = load_model(model_dir, settings.device)
+    pipe = load_model(model_dir, settings.device, settings.dtype)
     card_hash = card_sha256(model_dir)
     started = time.perf_counter()
     with GenerationProgress(err_console) as bar:

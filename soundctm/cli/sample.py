@@ -15,6 +15,7 @@ from soundctm.cli.models import load_model, resolve_model_source
 from soundctm.cli.options import (
     BatchSize,
     Device,
+    DtypeOption,
     Gamma,
     Nu,
     Omega,
@@ -78,6 +79,7 @@ def sample(
     out: out_option("outputs") = None,  # type: ignore[valid-type]
     batch_size: BatchSize = None,
     device: Device = None,
+    dtype: DtypeOption = None,
     teacher: Annotated[
         bool,
         typer.Option(
@@ -103,6 +105,7 @@ def sample(
         out=out,
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
     )
     all_prompts = list(prompts or [])
     for i, p in enumerate(all_prompts):
@@ -139,7 +142,7 @@ def sample(
 
     status = err_console.status("loading model", spinner="dots")
     with status if err_console.is_terminal else contextlib.nullcontext():
-        pipe = load_model(model_dir, settings.device)
+        pipe = load_model(model_dir, settings.device, settings.dtype)
     out_dir = ensure_writable_dir(settings.out)
     card_hash = card_sha256(model_dir)
     expanded = [p for p in all_prompts for _ in range(settings.num_samples)]

@@ -1,4 +1,10 @@
-"""Models named by a Hugging Face hub id: ``hf:OWNER/REPO[@REVISION]``.
+"""Models named by a Hugging Face hub id: ``hf:OWNER/REPO[@REVISION][#VARIANT]``.
+
+``#VARIANT`` picks one model of a release that holds several
+(``hf:koichisaito/soundctm_dit#ac_v1_iclr``): the importer names its variants in
+``hub_variants`` (and may offer ``parse_variant`` to canonicalise a name) and takes the one
+chosen as ``variant=``; without ``#`` it gets ``hub_default_variant``. ``hub_files`` may then
+be a function of the variant, and the variant is part of the cache folder's name.
 
 A repository is either a soundctm checkpoint (it has ``model.json``: loaded from the downloaded
 snapshot as it is) or a release that a registered importer converts (its ``hub_repos`` name the
@@ -25,6 +31,7 @@ from soundctm.errors import CheckpointError, InvalidArgumentError
 PREFIX = "hf:"
 CACHE_ENV = "SOUNDCTM_CACHE"
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -33,9 +40,14 @@ class HubId:
 
     repo: str
     revision: str | None = None
+    variant: str | None = None
 
     def __str__(self) -> str:
-        return f"{PREFIX}{self.repo}" + (f"@{self.revision}" if self.revision else "")
+        return (
+            f"{PREFIX}{self.repo}"
+            + (f"@{self.revision}" if self.revision else "")
+            + (f"#{self.variant}" if self.variant else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,10 @@ class HubModel:
 
     def record(self) -> dict[str, Any]:
         """What a sidecar or card records of the model's origin."""
-        return {"repo": self.hub_id.repo, "revision": self.hub_id.revision, "commit": self.commit}
+        out = {"repo": self.hub_id.repo, "revision": self.hub_id.revision, "commit": self.commit}
+        if self.hub_id.variant:
+            out["variant"] = self.hub_id.variant
+        return out
 
 
 def is_hub_id(model: str | os.PathLike[str] | None) -> bool:
@@ -57,15 +72,21 @@ def is_hub_id(model: str | os.PathLike[str] | None) -> bool:
 
 
 def parse_hub_id(text: str) -> HubId:
-    """``hf:OWNER/REPO[@REVISION]`` -> :class:`HubId`; a one-line error for anything else."""
+    """``hf:OWNER/REPO[@REVISION][#VARIANT]`` -> :class:`HubId`; a one-line error for anything
+    else."""
     body = str(text)[len(PREFIX) :] if str(text).startswith(PREFIX) else str(text)
+    body, hash_sign, variant = body.partition("#")
     repo, _, revision = body.partition("@")
-    if not _REPO.match(repo) or (revision == "" and "@" in body):
+    if (
+        not _REPO.match(repo)
+        or (revision == "" and "@" in body)
+        or (hash_sign and not _VARIANT.match(variant))
+    ):
         raise InvalidArgumentError(
-            f"{text!r} is not a hub model id; write hf:OWNER/REPO or hf:OWNER/REPO@REVISION, "
-            "e.g. hf:Sony/soundctm"
+            f"{text!r} is not a hub model id; write hf:OWNER/REPO, hf:OWNER/REPO@REVISION or "
+            "hf:OWNER/REPO#VARIANT, e.g. hf:Sony/soundctm or hf:koichisaito/soundctm_dit#ac_v2"
         )
-    return HubId(repo, revision or None)
+    return HubId(repo, revision or None, variant or None)
 
 
 def cache_root() -> Path:
@@ -102,11 +123,17 @@ def resolve(
 
         registry = get_registry()
     found = find_importer(hub_id.repo, registry)
-    patterns = list(getattr(found[1], "hub_files", ())) if found else []
+    variant = _variant(hub_id, found)
+    patterns = _patterns(found[1], variant) if found else []
     emit(callback, Message(f"fetching {hub_id} from the Hugging Face hub"))
     snapshot = Path(_download(hub_id, patterns or None, download))
     commit = snapshot.name
     if found is None:
+        if hub_id.variant:
+            raise InvalidArgumentError(
+                f"{hub_id}: #{hub_id.variant} picks a variant of a release an importer "
+                "converts; a soundctm checkpoint repository has none (drop the #...)"
+            )
         if not (snapshot / "model.json").is_file():
             raise CheckpointError(
                 f"{hub_id} is neither a soundctm checkpoint (no model.json) nor a release a "
@@ -115,11 +142,44 @@ def resolve(
         return HubModel(hub_id, commit, snapshot)
     name, importer = found
     version = int(getattr(importer, "converter_version", 1))
-    target = cache_root() / hub_id.repo.replace("/", "--") / f"{commit}-v{version}"
+    leaf = f"{commit}-v{version}" + (f"-{variant}" if variant else "")
+    target = cache_root() / hub_id.repo.replace("/", "--") / leaf
     if not (target / "model.json").is_file():
         emit(callback, Message(f"converting {hub_id} with the {name!r} importer into {target}"))
-        importer(snapshot, target, callback=callback)
+        options = {"variant": variant} if variant else {}
+        importer(snapshot, target, callback=callback, **options)
     return HubModel(hub_id, commit, target)
+
+
+def _variant(hub_id: HubId, found: tuple[str, Callable[..., Path]] | None) -> str | None:
+    """The importer's canonical name of the variant asked for (``None``: no variants)."""
+    if found is None:
+        return None
+    name, importer = found
+    variants = tuple(getattr(importer, "hub_variants", ()))
+    if not variants:
+        if hub_id.variant:
+            raise InvalidArgumentError(
+                f"{hub_id}: the {name!r} importer converts one model and has no variants; "
+                "drop the #..."
+            )
+        return None
+    if hub_id.variant is None:
+        default = getattr(importer, "hub_default_variant", None)
+        return str(default) if default else None
+    parse = getattr(importer, "parse_variant", None)
+    if callable(parse):  # the importer's own one-line error for an unknown name
+        return str(parse(hub_id.variant))
+    if hub_id.variant not in variants:
+        raise InvalidArgumentError(
+            f"{hub_id}: unknown variant {hub_id.variant!r}; choose one of {', '.join(variants)}"
+        )
+    return hub_id.variant
+
+
+def _patterns(importer: Callable[..., Path], variant: str | None) -> list[str]:
+    files = getattr(importer, "hub_files", ())
+    return list(files(variant) if callable(files) else files)
 
 
 def _download(

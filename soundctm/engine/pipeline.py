@@ -31,7 +31,8 @@ from soundctm.engine.hub import resolve as resolve_hub
 from soundctm.engine.plan import GAMMA_SOLVER, TEACHER_SOLVER, SampleParams, SamplingPlan
 from soundctm.engine.sampler import Generation, Sampler, SamplingAPI
 from soundctm.engine.sizes import check_sizes
-from soundctm.errors import CheckpointError
+from soundctm.engine.weights import build_with_state
+from soundctm.errors import CheckpointError, InvalidArgumentError
 from soundctm.plugins.registry import Registry, get_registry
 
 #: The steps of a freshly built model's defaults: one jump for a student, 40 Heun steps else.
@@ -78,8 +79,14 @@ class Pipeline(SamplingAPI):
         defaults: SamplingDefaults | None = None,
         provenance: dict[str, Any] | None = None,
         registry: Registry | None = None,
+        weights: dict[str, dict[str, Tensor]] | None = None,
     ) -> Pipeline:
-        """Build freshly initialised components by plugin name and parameters."""
+        """Build freshly initialised components by plugin name and parameters.
+
+        ``weights`` (by component kind: ``backbone``, ``text_encoder``, ``autoencoder``) are
+        loaded strictly into the components they name, which are then built lazily (on the meta
+        device, the tensors assigned: :func:`~soundctm.engine.weights.build_with_state`), as a
+        converter of released weights wants."""
         registry = registry or get_registry()
         comps = {
             k: expand_component(
@@ -89,7 +96,21 @@ class Pipeline(SamplingAPI):
             )
             for k, c in zip(COMPONENT_KINDS, (backbone, text_encoder, autoencoder), strict=True)
         }
-        built = {k: registry.build(k, c.name, **c.params) for k, c in comps.items()}
+        weights = weights or {}
+        unknown = set(weights) - set(COMPONENT_KINDS)
+        if unknown:
+            raise InvalidArgumentError(
+                f"weights for unknown component kinds {sorted(unknown)}; use "
+                f"{', '.join(COMPONENT_KINDS)}"
+            )
+        built = {
+            k: build_with_state(
+                lambda k=k, c=c: registry.build(k, c.name, **c.params),
+                weights.get(k, {}),
+                f"{k} {c.name!r}",
+            )[0]
+            for k, c in comps.items()
+        }
         if defaults is None:
             student = kind == STUDENT
             defaults = SamplingDefaults(
@@ -118,9 +139,17 @@ class Pipeline(SamplingAPI):
         device: str | torch.device = "cpu",
         verify: bool = True,
         registry: Registry | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> Pipeline:
         """Rebuild a pipeline from a checkpoint directory (or a hub id ``hf:OWNER/REPO[@REV]``,
         see :mod:`soundctm.engine.hub`); the card is all it needs.
+
+        Components are built lazily (:func:`~soundctm.engine.weights.build_with_state`: on the
+        meta device, the stored tensors assigned as they are), so a large network costs no
+        random initialisation and keeps its stored dtype. ``dtype`` (``float32``, ``bfloat16``,
+        ``float16``; ``None`` keeps the stored one) casts the backbone, the network that
+        dominates memory and time; the text encoder and the autoencoder stay as stored (the
+        sampler casts between them).
 
         The card is first checked against the weights files (:func:`~soundctm.engine.sizes.
         check_sizes`), so an absurd card fails before anything is allocated. Every weights file
@@ -137,22 +166,14 @@ class Pipeline(SamplingAPI):
         built = {}
         for kind in COMPONENT_KINDS:
             comp = card.components[kind]
-            obj = registry.build(kind, comp.name, **comp.params)
             state = read_weights(path, card, kind, verify=verify)
-            if state:
-                if not isinstance(obj, nn.Module):
-                    raise CheckpointError(
-                        f"{path} has weights for {kind} {comp.name!r}, which is not a torch module"
-                    )
-                try:
-                    obj.load_state_dict(state, strict=True)
-                except RuntimeError as exc:
-                    first = str(exc).strip().splitlines()[0]
-                    raise CheckpointError(
-                        f"weights of {kind} {comp.name!r} in {path} do not fit its parameters "
-                        f"({first}); the card and the weights disagree"
-                    ) from exc
-            built[kind] = obj
+            built[kind], _ = build_with_state(
+                lambda kind=kind, comp=comp: registry.build(kind, comp.name, **comp.params),
+                state,
+                f"{kind} {comp.name!r} in {path}",
+            )
+        if dtype is not None:
+            built["backbone"] = built["backbone"].to(parse_dtype(dtype))
         pipe = cls(
             card,
             built["backbone"],
@@ -184,6 +205,20 @@ class Pipeline(SamplingAPI):
                 comp.to(device)
         self.device = device
         return self
+
+
+#: The dtypes a backbone may compute in, by name.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``float16`` (or the torch dtype) -> the torch dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    found = DTYPES.get(str(dtype).lower().removeprefix("torch."))
+    if found is None:
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {str(dtype)!r}")
+    return found
 
 
 def expand_component(registry: Registry, kind: str, card: ComponentCard) -> ComponentCard:
