@@ -146,10 +146,10 @@ class Pipeline(SamplingAPI):
 
         Components are built lazily (:func:`~soundctm.engine.weights.build_with_state`: on the
         meta device, the stored tensors assigned as they are), so a large network costs no
-        random initialisation and keeps its stored dtype. ``dtype`` (``float32``, ``bfloat16``,
-        ``float16``; ``None`` keeps the stored one) casts the backbone, the network that
-        dominates memory and time; the text encoder and the autoencoder stay as stored (the
-        sampler casts between them).
+        random initialisation. ``dtype`` (``float32``, ``bfloat16``, ``float16``; ``None``: the
+        dtype the component is built with, float32, whatever the file stores) casts the
+        backbone, the network that dominates memory and time; the text encoder and the
+        autoencoder stay as built (the sampler casts between them).
 
         The card is first checked against the weights files (:func:`~soundctm.engine.sizes.
         check_sizes`), so an absurd card fails before anything is allocated. Every weights file
@@ -163,6 +163,7 @@ class Pipeline(SamplingAPI):
         card = read_card(path)
         registry = registry or get_registry()
         check_sizes(path, card, registry)  # before anything is built or allocated
+        want = parse_dtype(dtype) if dtype is not None else None
         built = {}
         for kind in COMPONENT_KINDS:
             comp = card.components[kind]
@@ -171,9 +172,10 @@ class Pipeline(SamplingAPI):
                 lambda kind=kind, comp=comp: registry.build(kind, comp.name, **comp.params),
                 state,
                 f"{kind} {comp.name!r} in {path}",
+                want if kind == "backbone" else None,
             )
-        if dtype is not None:
-            built["backbone"] = built["backbone"].to(parse_dtype(dtype))
+        if want is not None and isinstance(built["backbone"], nn.Module):
+            built["backbone"] = built["backbone"].to(want)
         pipe = cls(
             card,
             built["backbone"],

@@ -37,15 +37,20 @@ def init_student_from_teacher(student: nn.Module, teacher_state: dict[str, Tenso
 
 
 def build_with_state(
-    build: Callable[[], Any], state: dict[str, Tensor], what: str
+    build: Callable[[], Any],
+    state: dict[str, Tensor],
+    what: str,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Any, bool]:
     """``build()`` with ``state`` loaded (``strict``); returns the object and whether it was
     built lazily.
 
     Lazily, where possible: the object is first built on the ``meta`` device (no memory, no
     random initialisation: for a 1B-parameter network that is most of the load time) and the
-    tensors of ``state`` become its parameters and buffers as they are (``assign=True``: no
-    copy, the stored dtype kept). That counts only if nothing is left on the meta device
+    tensors of ``state`` become its parameters and buffers (``assign=True``: no copy where the
+    stored dtype is the one the module was built with; a tensor stored in another floating dtype,
+    a packed float16 file say, is cast to the module's, or to ``dtype`` when given, exactly as
+    an ordinary ``load_state_dict`` would). That counts only if nothing is left on the meta device
     afterwards: a module that computes tensors in its constructor which its state dict does not
     hold (non-persistent buffers, plain tensor attributes) is built and loaded the ordinary way
     instead. ``what`` names the component in the error for weights that do not fit.
@@ -58,14 +63,22 @@ def build_with_state(
     except Exception:  # a constructor that cannot run on meta tensors: build it normally
         lazy = None
     if isinstance(lazy, nn.Module):
-        _load(lazy, state, what, assign=True)
+        built = {k: v.dtype for k, v in lazy.state_dict().items()}
+        cast = {}
+        for key, value in state.items():
+            want = built.get(key)
+            if want is not None and want.is_floating_point and value.is_floating_point():
+                want = dtype or want
+                value = value if value.dtype == want else value.to(want)
+            cast[key] = value
+        _load(lazy, cast, what, assign=True)
         if not _has_meta_tensors(lazy):
             return lazy, True
     obj = build()
     if not isinstance(obj, nn.Module):
         raise CheckpointError(f"there are weights for {what}, which is not a torch module")
     _load(obj, state, what, assign=False)
-    return obj, False
+    return (obj if dtype is None else obj.to(dtype)), False
 
 
 def _load(module: nn.Module, state: dict[str, Tensor], what: str, *, assign: bool) -> None:
