@@ -34,7 +34,6 @@ def write_standin(root: Path) -> None:
     from test_import_dit import _tokenizer
     from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-
     tok = _tokenizer(root / "roberta-base")
     vocab = len(AutoTokenizer.from_pretrained(tok))
     torch.manual_seed(0)

@@ -31,7 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from soundctm.builtin.official.soundctm_unet import load_torch_file, read_summary, with_prefix
+from soundctm.builtin.official.soundctm_unet import (
+    load_torch_file,
+    read_summary,
+    resolve_text_encoder,
+    with_prefix,
+)
 from soundctm.engine.checkpoint import sha256_file
 from soundctm.errors import CheckpointError, InvalidArgumentError
 
@@ -195,15 +200,6 @@ def edm_settings(files: OfficialDiTFiles) -> dict[str, float]:
     return out
 
 
-def resolve_tokenizer(name: str, root: Path) -> str:
-    """A tokenizer folder under the official folder if there is one, a local folder, else the
-    hub id as it is (the Hugging Face cache, or a download)."""
-    for candidate in (root / name, Path(name).expanduser()):
-        if candidate.is_dir():
-            return str(candidate.resolve())
-    return name
-
-
 def import_soundctm_dit(
     src: str | Path,
     out: str | Path,
@@ -237,7 +233,7 @@ def import_soundctm_dit(
     edm = edm_settings(files)
     if files.summary is None:
         emit(callback, Message(f"no {RELEASE_PREFIX[variant]}_summary.jsonl: using {edm}"))
-    tokenizer = tokenizer or resolve_tokenizer(TOKENIZER, files.root)
+    tokenizer = tokenizer or resolve_text_encoder(TOKENIZER, files.root)  # a folder or hub id
 
     emit(callback, Message(f"reading {files.dac.relative_to(files.root)}"))
     dac_params, dac_state, _ = from_official_gaussian_dac(
