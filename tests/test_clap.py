@@ -30,9 +30,9 @@ class Opaque:
 
 
 # ---------------------------------------------------------------------------- stand-ins
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory) -> Path:
-    """A tiny byte-level BPE RoBERTa tokenizer (<s>=0, <pad>=1, </s>=2), trained offline."""
+def write_tokenizer(path: Path) -> Path:
+    """A tiny byte-level BPE RoBERTa tokenizer (<s>=0, <pad>=1, </s>=2), trained offline into
+    ``path``."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaTokenizerFast
 
@@ -45,9 +45,13 @@ def tok_dir(tmp_path_factory) -> Path:
     )
     model = json.loads(raw._tokenizer.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    path = tmp_path_factory.mktemp("roberta-tiny")
     RobertaTokenizerFast(vocab=model["vocab"], merges=merges).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    return write_tokenizer(tmp_path_factory.mktemp("roberta-tiny"))
 
 
 def tiny_config(vocab: int) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_clap import CAPTIONS
+from test_clap import write_tokenizer
 from test_dit_official import _randomise
 from test_dit_official import reference as dit_reference
 from test_gaussian_dac import KWARGS as DAC_KWARGS
@@ -44,23 +44,6 @@ EMA_NAME = {"v1": "ac_v1_iclr_ema_0999_010446.pt", "v2": "ac_v2_ema_0999_030000.
 SD, SMIN, SMAX = 0.5, 0.002, 80.0
 SECONDS = 0.01  # 441 samples, 56 latent frames at hop 8
 PROMPT = "a dog barks in the distance"
-
-
-def _tokenizer(path: Path) -> Path:
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaTokenizerFast
-
-    raw = ByteLevelBPETokenizer()
-    raw.train_from_iterator(
-        CAPTIONS * 3,
-        vocab_size=300,
-        min_frequency=1,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-    )
-    model = json.loads(raw._tokenizer.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    RobertaTokenizerFast(vocab=model["vocab"], merges=merges).save_pretrained(path)
-    return path
 
 
 def _roberta_config(vocab: int) -> dict:
@@ -112,7 +95,7 @@ def write_official(
     """A stand-in of the official files of ``variant`` in the hub or the demo layout."""
     from transformers import AutoTokenizer
 
-    tok = _tokenizer(root / "roberta-base")
+    tok = write_tokenizer(root / "roberta-base")
     vocab = len(AutoTokenizer.from_pretrained(tok))
     clap = _clap_state(vocab, seed=1)
     # The CLAP file differs from the EMA's text encoder: the converter must take the EMA's,

@@ -12,6 +12,14 @@ import typer
 from soundctm.cli.common import console, err_console, handle_errors, show_messages
 from soundctm.cli.options import Command, Group
 
+#: ``--trust-pickle``, shared by the importers.
+TrustPickle = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle", help="Allow files that need full unpickling (only if you trust them)."
+    ),
+]
+
 import_app = typer.Typer(
     cls=Group,
     name="import",
@@ -53,12 +61,7 @@ def soundctm_unet(
             show_default=False,
         ),
     ] = None,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle", help="Allow files that need full unpickling (only if you trust them)."
-        ),
-    ] = False,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Convert the official SoundCTM-UNet (16 kHz): UNet student (+ teacher), FLAN-T5, AudioLDM
     VAE + HiFi-GAN.
@@ -119,12 +122,7 @@ def soundctm_dit(
             show_default=False,
         ),
     ] = None,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle", help="Allow files that need full unpickling (only if you trust them)."
-        ),
-    ] = False,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Convert the official SoundCTM-DiT (44.1 kHz, 1B): DiT student, LAION-CLAP text encoder,
     GaussianDAC.

@@ -14,7 +14,6 @@ peak memory), loading, a 1-step 10.031 s generation at batch 1 and at batch 4.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,11 +29,11 @@ DAC = {
 
 def write_standin(root: Path) -> None:
     import torch
+    from test_clap import write_tokenizer
     from test_gaussian_dac import official_state, z_stats
-    from test_import_dit import _tokenizer
     from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-    tok = _tokenizer(root / "roberta-base")
+    tok = write_tokenizer(root / "roberta-base")
     vocab = len(AutoTokenizer.from_pretrained(tok))
     torch.manual_seed(0)
     config = RobertaConfig(vocab_size=vocab, max_position_embeddings=514, type_vocab_size=1,
@@ -58,16 +57,6 @@ def write_standin(root: Path) -> None:
     dac_dir.mkdir(parents=True, exist_ok=True)
     state = official_state(DAC)
     torch.save({"state_dict": state, "metadata": {"kwargs": DAC}}, dac_dir / "weights.pth")
-
-
-def timed(argv: list[str]) -> dict:
-    """Run ``argv`` in a child under ``/usr/bin/time``: wall time and peak resident memory."""
-    r = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *argv], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"{argv} failed:\n{r.stderr[-3000:]}")
-    wall, kib = next(ln for ln in r.stderr.splitlines()[::-1] if ln.startswith("TIME ")).split()[1:]
-    return {"wall_s": float(wall), "peak_gib": round(int(kib) / 2**20, 2),
-            "stdout": r.stdout.strip()[-600:]}  # fmt: skip
 
 
 GENERATE = """
@@ -95,6 +84,8 @@ print(json.dumps({"load_s": round(load, 1), "generate_s": [round(r, 2) for r in 
 
 
 def main() -> None:
+    from official_unet_realsize import timed  # wall time and peak memory of a child
+
     work = Path(sys.argv[1])
     src, out = work / "koichisaito-soundctm_dit", work / "imported"
     if not (src / "utils_checkpoints" / "vae" / "gaussiandac" / "weights.pth").is_file():
