@@ -112,6 +112,25 @@ class RefineSettings(CommandSettings):
     dtype: Dtype = "float32"
 
 
+class StudioSettings(CommandSettings):
+    """Settings of ``soundctm studio``."""
+
+    command: ClassVar[str] = "studio"
+    model_config = SettingsConfigDict(env_prefix="SOUNDCTM_STUDIO_", extra="forbid")
+
+    model: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    out: Path = Path("outputs")
+    device: str = "auto"
+    dtype: Dtype = "float32"
+    max_prompt_chars: int = Field(default=500, ge=1)
+    max_takes: int = Field(default=16, ge=1)
+    max_steps: SamplingSteps = 64
+    max_upload_mb: Positive = 20.0
+    max_queued: int = Field(default=8, ge=1)
+
+
 def read_toml_section(path: Path | None, command: str) -> dict[str, Any]:
     """The ``[command]`` table of a TOML file (empty if there is no file or no such table)."""
     if path is None:

@@ -25,6 +25,10 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
         "soundctm.cli.importer:import_app",
         "Convert an official SoundCTM release into a soundctm checkpoint",
     ),
+    "studio": (
+        "soundctm.cli.studio:studio",
+        "A local web page and JSON API: generate takes, refine one, vary (127.0.0.1:8765)",
+    ),
     "eval": (
         "soundctm.cli.eval:eval_app",
         "Evaluate audio or models: FD/FAD, KL, IS, CLAP, SynthCaps attributes, content "
