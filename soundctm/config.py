@@ -75,6 +75,9 @@ Gamma = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 SamplingSteps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
 #: The dtype the backbone computes in (``Pipeline.load(dtype=)``); half precision is for GPUs.
 Dtype = Literal["float32", "bfloat16", "float16"]
+#: Output levels (soundctm.engine.levels.MODES) and audio file formats (audio_io.FORMATS).
+Normalize = Literal["peak", "loudness", "none"]
+AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
 
 
 class SampleSettings(CommandSettings):
@@ -96,10 +99,14 @@ class SampleSettings(CommandSettings):
     batch_size: int = Field(default=8, ge=1)
     device: str = "auto"
     dtype: Dtype = "float32"
+    normalize: Normalize = "peak"
+    format: AudioFormat = "wav"
+    negative_prompt: str | None = None
 
 
 class RefineSettings(CommandSettings):
-    """Settings of ``soundctm refine``."""
+    """Settings of ``soundctm refine`` (``normalize``, ``format`` and ``negative_prompt``:
+    ``None`` takes the input's, from its sidecar and suffix)."""
 
     command: ClassVar[str] = "refine"
     model_config = SettingsConfigDict(env_prefix="SOUNDCTM_REFINE_", extra="forbid")
@@ -110,6 +117,19 @@ class RefineSettings(CommandSettings):
     out: Path | None = None
     device: str = "auto"
     dtype: Dtype = "float32"
+    normalize: Normalize | None = None
+    format: AudioFormat | None = None
+    negative_prompt: str | None = None
+
+
+class VarySettings(SampleSettings):
+    """Settings of ``soundctm vary``: those of ``sample`` plus ``strength`` (``None``: 0.5, or
+    1 with a mask)."""
+
+    command: ClassVar[str] = "vary"
+    model_config = SettingsConfigDict(env_prefix="SOUNDCTM_VARY_", extra="forbid")
+
+    strength: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
 
 
 class StudioSettings(CommandSettings):

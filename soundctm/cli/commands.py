@@ -10,6 +10,10 @@ from __future__ import annotations
 BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("soundctm.cli.sample:sample", "Generate sounds from text prompts"),
     "refine": ("soundctm.cli.refine:refine", "Re-run a sample with more steps, same content"),
+    "vary": (
+        "soundctm.cli.vary:vary",
+        "Variations of an audio file (audio-to-audio), or regenerate spans of it (--mask)",
+    ),
     "plugins": ("soundctm.cli.plugins:plugins", "List installed components by kind"),
     "train": ("soundctm.cli.train:train", "Train a diffusion teacher (EDM)"),
     "distill": ("soundctm.cli.distill:distill", "Distil a SoundCTM student from a teacher"),

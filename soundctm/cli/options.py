@@ -171,6 +171,43 @@ Seed = Annotated[
 Seconds = Annotated[float | None, _opt("--seconds", text="Clip length (default: the model's).")]
 BatchSize = Annotated[int | None, _opt("--batch-size", text="Samples generated at once (8).")]
 
+
+def normalize_option(default: str = "peak") -> Any:
+    """``--normalize peak|loudness|none``: the output level (docs/method.md §9)."""
+    text = (
+        "Output level: peak (nothing clipped: down to -1 dBFS when louder, quiet clips up to "
+        "-20 dBFS), loudness (-23 LUFS, ITU-R BS.1770), none (the model's output as it is) "
+        f"(default: {default})."
+    )
+    return Annotated[str | None, _opt("--normalize", text=text)]
+
+
+def format_option(default: str = "wav") -> Any:
+    """``--format wav|flac|ogg|mp3``: the audio file format written."""
+    text = f"Audio file format: wav, flac (16-bit), ogg (Vorbis), mp3 (default: {default})."
+    return Annotated[str | None, _opt("--format", text=text)]
+
+
+def negative_prompt_option(default: str = 'none: the empty prompt ""') -> Any:
+    """``--negative-prompt TEXT``: the unconditional branch of guidance."""
+    text = (
+        "Text that replaces the empty prompt in the unconditional branch of guidance (a "
+        f"teacher's CFG, a student's nu != 1); steers away from it (default: {default})."
+    )
+    return Annotated[str | None, _opt("--negative-prompt", text=text)]
+
+
+Normalize = normalize_option()
+Format = format_option()
+NegativePrompt = negative_prompt_option()
+NumSamples = Annotated[
+    int | None, _opt("--num-samples", "-n", text="Samples per prompt (default: 1).")
+]
+PromptsFile = Annotated[
+    Path | None,
+    _opt("--prompts-file", "-f", text="A text file with one prompt per line (- : standard input)."),
+]
+
 # --- training (train and distill) -------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from soundctm.events import BatchFinished, Event, GenerationStarted, SolverStep
+from soundctm.events import BatchFinished, Event, GenerationStarted, Message, SolverStep
 
 
 class GenerationProgress:
@@ -70,10 +70,12 @@ class GenerationProgress:
         elif isinstance(event, BatchFinished):
             self.progress.update(self.samples, completed=event.done)
             self.progress.reset(self.steps)
+        elif isinstance(event, Message):
+            self.log(event.text)
 
     def log(self, message: str) -> None:
-        """Print a line above the bars (or plainly when they are hidden)."""
-        self.progress.console.print(message, highlight=False, soft_wrap=True)
+        """Print a line above the bars (or plainly when they are hidden), as plain text."""
+        self.progress.console.print(message, highlight=False, soft_wrap=True, markup=False)
 
 
 class TrainProgress:

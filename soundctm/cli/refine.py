@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,13 +13,47 @@ from soundctm.cli.options import (
     Device,
     DtypeOption,
     config_option,
+    format_option,
     gamma_option,
     model_option,
+    negative_prompt_option,
+    normalize_option,
     out_option,
     steps_option,
 )
 from soundctm.config import RefineSettings, load_settings
-from soundctm.errors import CheckpointError
+from soundctm.errors import AudioFileError, CheckpointError
+
+
+def vary_source(record: dict[str, Any], file: Path) -> tuple[Path, dict[str, Any]]:
+    """The input file of a variation's sidecar and what its refinement's sidecar repeats
+    (input, SHA-256, strength, mask), after checking that the input is unchanged."""
+    from soundctm.cli.vary import file_sha256
+
+    source = Path(str(record.get("vary_input") or ""))
+    if not source.is_file():
+        raise AudioFileError(
+            f"{file.name} is a variation of {source}, which is gone; restore it to refine"
+        )
+    if file_sha256(source) != record.get("vary_input_sha256"):
+        raise AudioFileError(
+            f"{source} has changed since {file.name} was made from it, so the refined sound "
+            "would differ; restore the original input to refine"
+        )
+    try:
+        mask = [(float(a), float(b)) for a, b in record.get("mask") or []]
+        strength = float(record["strength"])
+    except (TypeError, ValueError) as exc:
+        raise AudioFileError(
+            f"the sidecar of {file.name} has a bad strength or mask ({exc})"
+        ) from exc
+    extra = {
+        "vary_input": str(source),
+        "vary_input_sha256": record["vary_input_sha256"],
+        "strength": strength,
+        "mask": [[a, b] for a, b in mask],
+    }
+    return source, extra
 
 
 def refine(
@@ -36,6 +70,9 @@ def refine(
     out: out_option("beside the input") = None,  # type: ignore[valid-type]
     device: Device = None,
     dtype: DtypeOption = None,
+    normalize: normalize_option("the input's, from its sidecar") = None,  # type: ignore[valid-type]
+    audio_format: format_option("the input's") = None,  # type: ignore[valid-type]
+    negative_prompt: negative_prompt_option("the input's") = None,  # type: ignore[valid-type]
     config: config_option("refine") = None,  # type: ignore[valid-type]
 ) -> None:
     """Re-run a sample deterministically with more steps: same noise, same content, cleaner.
@@ -51,6 +88,9 @@ def refine(
         out=out,
         device=device,
         dtype=dtype,
+        normalize=normalize,
+        format=audio_format,
+        negative_prompt=negative_prompt,
     )
 
     from soundctm.engine.audio_io import free_stem, params_from_record, read_sidecar, save_sample
@@ -59,6 +99,13 @@ def refine(
 
     record = read_sidecar(file)
     params = params_from_record(record)
+    level = settings.normalize or str(record.get("normalize") or "none")
+    suffix = settings.format or file.suffix.lower().lstrip(".")
+    from soundctm.engine.audio_io import check_format
+    from soundctm.engine.levels import check_mode
+
+    check_mode(level)
+    suffix = check_format(suffix)
     out_dir = ensure_writable_dir(settings.out or file.parent)
     if settings.model is not None:
         from soundctm.cli.models import resolve_model
@@ -83,22 +130,55 @@ def refine(
     from soundctm.cli.models import load_model
     from soundctm.cli.progress import GenerationProgress
 
+    variation = vary_source(record, file) if "strength" in record else None
     pipe = load_model(model_dir, settings.device, settings.dtype)
     card_hash = card_sha256(model_dir)
     started = time.perf_counter()
+    extra: dict[str, Any] = {}
     with GenerationProgress(err_console) as bar:
-        gen = pipe.refine(params, steps=settings.steps, gamma=settings.gamma, callback=bar)
-    path = free_stem(out_dir, f"{file.stem}.refined-{settings.steps}")
-    new = gen.params[0]
-    save_sample(
-        path,
-        gen.audio[0],
-        new,
-        sample_rate=gen.sample_rate,
-        model_path=model_dir,
-        model_card_sha256=card_hash,
-        extra={"refined_from": str(file.resolve()), "refined_from_steps": params.steps},
-    )
+        if variation is None:
+            gen = pipe.refine(
+                params,
+                steps=settings.steps,
+                gamma=settings.gamma,
+                callback=bar,
+                negative_prompt=settings.negative_prompt,
+            )
+        else:  # a variation is refined from the same input, strength, mask and seed
+            from soundctm.cli.vary import read_input
+
+            source, extra = variation
+            arguments = {**params.arguments(), "steps": settings.steps, "gamma": settings.gamma}
+            if settings.negative_prompt is not None:
+                arguments["negative_prompt"] = settings.negative_prompt
+            gen = pipe.vary(
+                read_input(source, pipe.sample_rate),
+                pipe.sample_rate,
+                [params.prompt],
+                seeds=[params.seed],
+                strength=float(extra["strength"]),
+                mask=[tuple(span) for span in extra["mask"]],
+                batch_size=1,
+                callback=bar,
+                **arguments,
+            )
+        path = free_stem(out_dir, f"{file.stem}.refined-{settings.steps}", suffix)
+        new = gen.params[0]
+        save_sample(
+            path,
+            gen.audio[0],
+            new,
+            sample_rate=gen.sample_rate,
+            model_path=model_dir,
+            model_card_sha256=card_hash,
+            extra={
+                **extra,
+                "refined_from": str(file.resolve()),
+                "refined_from_steps": params.steps,
+            },
+            normalize=level,
+            callback=bar,
+        )
     console.print(
         f"refined {file.name} ({params.steps} -> {new.steps} steps, gamma {new.gamma:g}, "
         f"seed {new.seed}) in {time.perf_counter() - started:.2f} s -> {path}",

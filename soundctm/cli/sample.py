@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -16,9 +17,14 @@ from soundctm.cli.options import (
     BatchSize,
     Device,
     DtypeOption,
+    Format,
     Gamma,
+    NegativePrompt,
+    Normalize,
     Nu,
+    NumSamples,
     Omega,
+    PromptsFile,
     Seconds,
     Seed,
     Solver,
@@ -34,7 +40,18 @@ Model = model_option()
 
 
 def read_prompts_file(path: Path) -> list[str]:
-    """One prompt per line; blank lines and lines starting with ``#`` are not prompts."""
+    """One prompt per line; blank lines and lines starting with ``#`` are not prompts.
+    ``-`` reads standard input."""
+    if str(path) == "-":
+        try:
+            text = sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidArgumentError(f"cannot read prompts from standard input: {exc}") from exc
+        prompts = [ln.strip() for ln in text.splitlines()]
+        prompts = [p for p in prompts if p and not p.startswith("#")]
+        if not prompts:
+            raise InvalidArgumentError("standard input has no prompts (one per line)")
+        return prompts
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -46,6 +63,23 @@ def read_prompts_file(path: Path) -> list[str]:
     if not prompts:
         raise InvalidArgumentError(f"prompts file {str(path)!r} has no prompts (one per line)")
     return prompts
+
+
+def gather_prompts(prompts: list[str] | None, prompts_file: Path | None) -> list[str]:
+    """The prompts given as arguments, then those of ``--prompts-file`` (``-``: stdin)."""
+    all_prompts = list(prompts or [])
+    for i, p in enumerate(all_prompts):
+        if not p.strip():
+            raise InvalidArgumentError(
+                f'prompt {i + 1} is empty; describe the sound, e.g. "a dog barks twice"'
+            )
+    if prompts_file is not None:
+        all_prompts += read_prompts_file(prompts_file)
+    if not all_prompts:
+        raise InvalidArgumentError(
+            "no prompts given; pass one or more prompts or --prompts-file FILE"
+        )
+    return all_prompts
 
 
 def sample(
@@ -63,23 +97,16 @@ def sample(
     omega: Omega = None,
     solver: Solver = None,
     seed: Seed = None,
-    num_samples: Annotated[
-        int | None,
-        typer.Option(
-            "--num-samples", "-n", help="Samples per prompt (default: 1).", show_default=False
-        ),
-    ] = None,
+    num_samples: NumSamples = None,
     seconds: Seconds = None,
-    prompts_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--prompts-file", "-f", help="A text file with one prompt per line.", show_default=False
-        ),
-    ] = None,
+    prompts_file: PromptsFile = None,
     out: out_option("outputs") = None,  # type: ignore[valid-type]
     batch_size: BatchSize = None,
     device: Device = None,
     dtype: DtypeOption = None,
+    normalize: Normalize = None,
+    audio_format: Format = None,
+    negative_prompt: NegativePrompt = None,
     teacher: Annotated[
         bool,
         typer.Option(
@@ -106,19 +133,11 @@ def sample(
         batch_size=batch_size,
         device=device,
         dtype=dtype,
+        normalize=normalize,
+        format=audio_format,
+        negative_prompt=negative_prompt,
     )
-    all_prompts = list(prompts or [])
-    for i, p in enumerate(all_prompts):
-        if not p.strip():
-            raise InvalidArgumentError(
-                f'prompt {i + 1} is empty; describe the sound, e.g. "a dog barks twice"'
-            )
-    if prompts_file is not None:
-        all_prompts += read_prompts_file(prompts_file)
-    if not all_prompts:
-        raise InvalidArgumentError(
-            "no prompts given; pass one or more prompts or --prompts-file FILE"
-        )
+    all_prompts = gather_prompts(prompts, prompts_file)
 
     model_dir, hub = resolve_model_source(settings.model)
     if teacher:
@@ -163,12 +182,13 @@ def sample(
             omega=settings.omega,
             seconds=settings.seconds,
             solver=settings.solver,
+            negative_prompt=settings.negative_prompt,
             batch_size=settings.batch_size,
             callback=bar,
         )
         for gen in batches:
             for audio, prm in zip(gen.audio, gen.params, strict=True):
-                path = free_stem(out_dir, f"{slug(prm.prompt)}-{prm.seed}")
+                path = free_stem(out_dir, f"{slug(prm.prompt)}-{prm.seed}", settings.format)
                 written.append(
                     save_sample(
                         path,
@@ -178,6 +198,8 @@ def sample(
                         model_path=model_dir,
                         model_card_sha256=card_hash,
                         extra={"model_hub": hub} if hub else None,
+                        normalize=settings.normalize,
+                        callback=bar,
                     )
                 )
                 bar.log(f"wrote {path}")

@@ -1,11 +1,13 @@
-"""Writing generated audio: WAV files (soundfile) with a JSON sidecar that reproduces them."""
+"""Writing generated audio: WAV, FLAC, OGG or MP3 files (soundfile) with a JSON sidecar that
+reproduces them; the level of each clip is set on the way (:mod:`soundctm.engine.levels`)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,13 +20,29 @@ from torch import Tensor
 from soundctm._version import __version__
 from soundctm.engine.files import atomic_path, probe_write, write_error
 from soundctm.engine.plan import SampleParams
-from soundctm.errors import AudioFileError, StorageError
+from soundctm.errors import AudioFileError, InvalidArgumentError, StorageError
 
 SIDECAR_VERSION = 1
 
+#: The formats generated audio can be written in: soundfile's format and subtype, by suffix.
+FORMATS: dict[str, tuple[str, str]] = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+def check_format(name: str) -> str:
+    """``name`` (lower-cased, without a dot) if it is one of :data:`FORMATS`, else an error."""
+    fmt = str(name).lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise InvalidArgumentError(f"format must be one of {', '.join(FORMATS)}, got {name!r}")
+    return fmt
+
 
 def sidecar_path(wav: Path) -> Path:
-    """The sidecar of ``x.wav`` is ``x.json``."""
+    """The sidecar of ``x.wav`` (or ``x.flac``, ...) is ``x.json``."""
     return Path(wav).with_suffix(".json")
 
 
@@ -34,13 +52,14 @@ def slug(text: str, max_len: int = 40) -> str:
     return (s[:max_len].rstrip("-")) or "sample"
 
 
-def free_stem(folder: Path, stem: str) -> Path:
-    """``folder/stem.wav`` or ``folder/stem-N.wav`` such that neither the WAV nor its sidecar
+def free_stem(folder: Path, stem: str, fmt: str = "wav") -> Path:
+    """``folder/stem.FMT`` or ``folder/stem-N.FMT`` such that neither the file nor its sidecar
     exists yet (outputs never overwrite)."""
-    candidate, i = folder / f"{stem}.wav", 0
+    fmt = check_format(fmt)
+    candidate, i = folder / f"{stem}.{fmt}", 0
     while candidate.exists() or sidecar_path(candidate).exists():
         i += 1
-        candidate = folder / f"{stem}-{i}.wav"
+        candidate = folder / f"{stem}-{i}.{fmt}"
     return candidate
 
 
@@ -75,16 +94,32 @@ def save_sample(
     model_path: Path | None,
     model_card_sha256: str | None,
     extra: dict[str, Any] | None = None,
+    normalize: str = "none",
+    callback: Callable[[Any], None] | None = None,
 ) -> Path:
-    """:func:`write_sample` with the sidecar of ``params`` (:func:`sidecar_record`)."""
+    """:func:`write_sample` with the sidecar of ``params`` (:func:`sidecar_record`), the audio
+    levelled by ``normalize`` first (:func:`~soundctm.engine.levels.normalize`; the sidecar
+    records ``normalize`` and ``gain_db``). A level warning (a silent clip, say) goes to
+    ``callback`` as one :class:`~soundctm.events.Message` naming the prompt and seed."""
+    from soundctm.engine.levels import normalize as level
+    from soundctm.events import Message
+
+    leveled = level(audio, sample_rate, normalize)
+    if leveled.warning is not None and callback is not None:
+        callback(
+            Message(
+                f"warning: {params.prompt!r} (seed {params.seed}): {leveled.warning}",
+                level="warning",
+            )
+        )
     record = sidecar_record(
         params,
         sample_rate=sample_rate,
         model_path=model_path,
         model_card_sha256=model_card_sha256,
-        extra=extra,
+        extra={"normalize": normalize, "gain_db": round(leveled.gain_db, 6), **(extra or {})},
     )
-    return write_sample(wav, audio, sample_rate, record)
+    return write_sample(wav, leveled.audio, sample_rate, record)
 
 
 @contextlib.contextmanager
@@ -99,7 +134,8 @@ def _cleanup_on_error(paths: list[Path]) -> Iterator[None]:
 
 
 def write_sample(wav: Path, audio: Tensor, sample_rate: int, record: dict[str, Any]) -> Path:
-    """Write ``audio`` (1-D, float in [-1, 1]; clipped beyond) as 16-bit WAV plus sidecar JSON.
+    """Write ``audio`` (1-D, float in [-1, 1]; clipped beyond) plus sidecar JSON, in the format
+    the suffix of ``wav`` names (:data:`FORMATS`: 16-bit WAV or FLAC, OGG Vorbis, MP3).
 
     Both files are written to temporary names first; either both appear or neither does. A
     failed write (a full disk, say) is an :class:`OutputPathError` naming the OS reason and the
@@ -107,11 +143,12 @@ def write_sample(wav: Path, audio: Tensor, sample_rate: int, record: dict[str, A
     (:func:`~soundctm.engine.files.probe_write`).
     """
     wav = Path(wav)
+    container, subtype = FORMATS[check_format(wav.suffix or "wav")]
     data = np.clip(audio.detach().float().cpu().numpy().reshape(-1), -1.0, 1.0)
     try:
         with atomic_path(wav) as tmp_wav, atomic_path(sidecar_path(wav)) as tmp_json:
             try:
-                sf.write(str(tmp_wav), data, sample_rate, subtype="PCM_16", format="WAV")
+                sf.write(str(tmp_wav), data, sample_rate, subtype=subtype, format=container)
             except (sf.LibsndfileError, OSError) as exc:
                 raise _audio_write_error(wav, exc, 44 + 2 * data.size) from exc
             tmp_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -163,7 +200,11 @@ def read_sidecar(wav: Path) -> dict[str, Any]:
         record = json.loads(side.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AudioFileError(f"sidecar {side} is not valid JSON ({exc}); it is unusable") from exc
-    needed = {f for f in SampleParams.__dataclass_fields__}
+    needed = {
+        name
+        for name, field in SampleParams.__dataclass_fields__.items()
+        if field.default is dataclasses.MISSING
+    }
     if not isinstance(record, dict) or not needed <= set(record):
         missing = sorted(needed - set(record if isinstance(record, dict) else {}))
         raise AudioFileError(
@@ -184,6 +225,15 @@ def params_from_record(record: dict[str, Any]) -> SampleParams:
             omega=float(record["omega"]),
             seconds=float(record["seconds"]),
             solver=str(record["solver"]),
+            negative_prompt=_optional_text(record.get("negative_prompt")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise AudioFileError(f"sidecar has a bad value ({exc}); it is unusable") from exc
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"negative_prompt must be text, got {value!r}")
+    return value

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from soundctm.engine.checkpoint import ModelCard
 
 #: The names of the sampling arguments, in the order of the sidecar.
-ARGUMENTS = ("steps", "gamma", "nu", "omega", "seconds", "solver")
+ARGUMENTS = ("steps", "gamma", "nu", "omega", "seconds", "solver", "negative_prompt")
 
 #: The CTM solver, the default of a student and refused for a teacher.
 GAMMA_SOLVER = "gamma"
@@ -54,6 +54,7 @@ class SamplingArguments(TypedDict, total=False):
     omega: float | None
     seconds: float | None
     solver: str | None
+    negative_prompt: str | None
 
 
 def _arguments(obj: object) -> dict[str, Any]:
@@ -67,7 +68,9 @@ class SamplingPlan:
     ``steps`` solver steps on the solver's grid; ``gamma`` the CTM gamma (0 deterministic,
     1 consistency-model multistep); ``nu`` the student's guidance on its jumps; ``omega`` the
     student's guidance input ``w`` or the teacher's CFG scale; ``seconds`` the clip length;
-    ``solver`` a registered solver name; ``student`` whether the model is a CTM student.
+    ``solver`` a registered solver name; ``student`` whether the model is a CTM student;
+    ``negative_prompt`` the text of the unconditional branch of guidance (``None``: the empty
+    prompt ``""``; it matters only where guidance runs, ``needs_uncond``).
     """
 
     steps: int
@@ -77,6 +80,7 @@ class SamplingPlan:
     seconds: float
     solver: str
     student: bool
+    negative_prompt: str | None = None
 
     @property
     def guidance_scale(self) -> float:
@@ -94,8 +98,13 @@ class SamplingPlan:
         """Whether guidance needs the unconditional half (``guidance_scale != 1``)."""
         return self.guidance_scale != 1.0
 
+    @property
+    def uncond_prompt(self) -> str:
+        """The prompt of the unconditional branch: the negative prompt, or ``""``."""
+        return self.negative_prompt or ""
+
     def arguments(self) -> dict[str, Any]:
-        """The six sampling arguments as keyword arguments of ``resolve`` / ``generate``."""
+        """The sampling arguments as keyword arguments of ``resolve`` / ``generate``."""
         return _arguments(self)
 
     def sample(self, prompt: str, seed: int) -> SampleParams:
@@ -116,9 +125,10 @@ class SampleParams:
     omega: float
     seconds: float
     solver: str
+    negative_prompt: str | None = None
 
     def arguments(self) -> dict[str, Any]:
-        """The six sampling arguments (to resolve them again with a model)."""
+        """The sampling arguments (to resolve them again with a model)."""
         return _arguments(self)
 
 
@@ -139,6 +149,7 @@ def resolve_plan(
     omega: float | None = None,
     seconds: float | None = None,
     solver: str | None = None,
+    negative_prompt: str | None = None,
 ) -> SamplingPlan:
     """Fill defaults from ``card`` and validate every sampling parameter.
 
@@ -187,6 +198,10 @@ def resolve_plan(
         raise InvalidArgumentError(
             "nu applies to CTM students; for a teacher, omega is the CFG scale"
         )
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise InvalidArgumentError(
+            f"negative_prompt must be text, got {type(negative_prompt).__name__}"
+        )
     return SamplingPlan(
         steps=int(steps),
         gamma=gamma,
@@ -195,6 +210,7 @@ def resolve_plan(
         seconds=float(seconds),
         solver=solver,
         student=student,
+        negative_prompt=negative_prompt.strip() or None if negative_prompt else None,
     )
 
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from soundctm._version import __version__
 from soundctm.engine import schedule
+from soundctm.engine.audio import crop_or_pad, resample_soxr, to_mono
 from soundctm.engine.components import (
     Solver,
     TextEncoder,
@@ -40,6 +41,15 @@ from soundctm.engine.ctm import TrajectoryModel
 from soundctm.engine.guidance import GuidedModel
 from soundctm.engine.noise import MAX_SEED, PerSampleNoise, make_generators, per_sample_randn
 from soundctm.engine.plan import SampleParams, SamplingArguments, SamplingPlan, resolve_plan
+from soundctm.engine.variation import (
+    Inpainting,
+    Source,
+    check_strength,
+    fit_frames,
+    keep_mask,
+    strength_sigma,
+    time_axis,
+)
 from soundctm.errors import InvalidArgumentError
 from soundctm.events import BatchFinished, Callback, GenerationStarted, emit
 
@@ -125,11 +135,13 @@ class Sampler:
         """Defaults from the card, every parameter validated (:func:`resolve_plan`)."""
         return resolve_plan(self.card, self.solver, **arguments)
 
-    def grid(self, solver_fn: Any, steps: int) -> Tensor:
-        """The noise levels a solver with ``steps`` steps runs on (method.md §1)."""
+    def grid(self, solver_fn: Any, steps: int, sigma_max: float | None = None) -> Tensor:
+        """The noise levels a solver with ``steps`` steps runs on (method.md §1), from the
+        card's ``sigma_max`` or from a lower ``sigma_max`` (a variation, method.md §8)."""
         c = self.card
         make = schedule.ctm_grid if solver_grid(solver_fn) == "ctm" else schedule.edm_grid
-        return make(steps, c.sigma_min, c.sigma_max, c.rho)
+        top = c.sigma_max if sigma_max is None else float(sigma_max)
+        return make(steps, c.sigma_min, top, c.rho)
 
     def latent_shape(self, seconds: float) -> tuple[int, ...]:
         """The per-sample latent shape of a clip of ``seconds``."""
@@ -154,6 +166,58 @@ class Sampler:
             audio = audio[:, : clip_samples(seconds, self.card.sample_rate)]
         return audio
 
+    # ------------------------------------------------------------------ variation
+    def variation_source(
+        self,
+        audio: Tensor,
+        sample_rate: int,
+        count: int,
+        strength: float,
+        mask: Sequence[tuple[float, float]],
+        arguments: SamplingArguments,
+    ) -> tuple[Source, SamplingArguments]:
+        """The :class:`~soundctm.engine.variation.Source` of a variation of ``audio`` (method.md
+        §8) for ``count`` samples, and the arguments with the clip length filled in (the
+        input's duration, at most the model's ``max_seconds``, unless ``seconds`` is given)."""
+        strength = check_strength(strength)
+        encode = getattr(self.autoencoder, "encode", None)
+        if not callable(encode):
+            raise InvalidArgumentError(
+                "this model's autoencoder cannot encode audio (an exported ONNX folder has no "
+                "encoder graph); vary needs the checkpoint folder the export was made from"
+            )
+        if not isinstance(audio, Tensor) or audio.ndim not in (1, 2) or audio.shape[-1] == 0:
+            raise InvalidArgumentError(
+                "audio must be a tensor [samples] or [channels, samples] with some samples"
+            )
+        if int(sample_rate) <= 0:
+            raise InvalidArgumentError(f"sample_rate must be positive, got {sample_rate}")
+        if not bool(torch.isfinite(audio).all()):
+            raise InvalidArgumentError("audio must be finite numbers (no NaN or infinity)")
+        rate = self.card.sample_rate
+        clip = resample_soxr(to_mono(audio.detach().float().cpu()), int(sample_rate), rate)
+        if arguments.get("seconds") is None:
+            seconds = min(clip.shape[-1] / rate, self.card.max_seconds)
+            arguments = {**arguments, "seconds": seconds}
+        plan = self.resolve(**arguments)
+        clip = crop_or_pad(clip, clip_samples(plan.seconds, rate))
+        shape = self.latent_shape(plan.seconds)
+        with torch.inference_mode():
+            x0 = encode(clip[None].to(self.device)).float().cpu()
+        axis = None
+        if mask or tuple(x0.shape[1:]) != shape:
+            axis = time_axis(self.latent_shape, plan.seconds)
+            x0 = fit_frames(x0, shape[axis], axis)
+        if tuple(x0.shape[1:]) != shape:
+            raise InvalidArgumentError(
+                f"the autoencoder encoded {plan.seconds:g} s to latents {list(x0.shape[1:])}, "
+                f"but the model samples {list(shape)}"
+            )
+        keep = keep_mask(mask, plan.seconds, shape, axis) if mask and axis is not None else None
+        c = self.card
+        sigma = strength_sigma(strength, c.sigma_min, c.sigma_max, c.rho)
+        return Source(x0.expand(count, *shape), sigma, keep), arguments
+
     # ------------------------------------------------------------------ generation
     def generate_batches(
         self,
@@ -163,8 +227,10 @@ class Sampler:
         callback: Callback | None,
         arguments: SamplingArguments,
         latents: Tensor | None = None,
+        source: Source | None = None,
     ) -> Iterator[Generation]:
-        """Check everything, then return the lazy iterator over the batches."""
+        """Check everything, then return the lazy iterator over the batches (``source``: a
+        variation's input, :meth:`variation_source`)."""
         prompts, seeds = _check_inputs(prompts, seeds, batch_size)
         plan = self.resolve(**arguments)
         if latents is not None:
@@ -176,7 +242,7 @@ class Sampler:
                 )
             if not bool(torch.isfinite(latents).all()):
                 raise InvalidArgumentError("latents must be finite numbers")
-        return self._run(prompts, seeds, plan, batch_size, callback, latents)
+        return self._run(prompts, seeds, plan, batch_size, callback, latents, source)
 
     @torch.inference_mode()
     def _run(
@@ -187,9 +253,10 @@ class Sampler:
         batch_size: int,
         callback: Callback | None,
         latents: Tensor | None = None,
+        source: Source | None = None,
     ) -> Iterator[Generation]:
         fn = self.solver(plan.solver)
-        sigmas = self.grid(fn, plan.steps)
+        sigmas = self.grid(fn, plan.steps, None if source is None else source.sigma)
         options = {"gamma": plan.gamma} if "gamma" in solver_options(fn) else {}
         shape = self.latent_shape(plan.seconds)
         dtype = self.dtype()
@@ -200,20 +267,26 @@ class Sampler:
             batch_prompts = prompts[start : start + batch_size]
             batch_seeds = seeds[start : start + batch_size]
             generators = make_generators(batch_seeds)
-            if latents is None:  # x_T = sigma_max z, z from each sample's own generator
+            x0 = None
+            if source is not None:  # x = x_0 + sigma(S) z (method.md §8)
+                x0 = source.latents[start : start + batch_size].float().cpu()
+                x = x0 + per_sample_randn(generators, shape) * float(sigmas[0])
+            elif latents is None:  # x_T = sigma_max z, z from each sample's own generator
                 x = per_sample_randn(generators, shape) * float(sigmas[0])
             else:
                 x = latents[start : start + batch_size].float().cpu()
             x = x.to(device=self.device, dtype=dtype)
             cond = self.encode_text(batch_prompts).to(self.device, dtype)
             uncond = (
-                self.encode_text([""] * len(batch_prompts)).to(self.device, dtype)
+                self.encode_text([plan.uncond_prompt] * len(batch_prompts)).to(self.device, dtype)
                 if plan.needs_uncond
                 else None
             )
-            model = GuidedModel(
+            model: Any = GuidedModel(
                 self.network, cond, uncond, plan.guidance_scale, plan.guidance_input
             )
+            if source is not None and source.keep is not None and x0 is not None:
+                model = Inpainting(model, x0.to(device=self.device, dtype=dtype), source.keep)
             out = fn(
                 model, x, sigmas, noise=PerSampleNoise(generators), callback=callback, **options
             )
@@ -361,14 +434,89 @@ class SamplingAPI:
         steps: int,
         gamma: float = 0.0,
         callback: Callback | None = None,
+        negative_prompt: str | None = None,
     ) -> Generation:
         """Regenerate a sample from the same initial noise (its seed) with ``steps`` steps.
 
-        With ``gamma = 0`` the content is kept and only cleaned up (method.md §5).
+        With ``gamma = 0`` the content is kept and only cleaned up (method.md §5). The
+        negative prompt is the sample's own (``params.negative_prompt``) unless
+        ``negative_prompt`` is given.
         """
         arguments: SamplingArguments = {**params.arguments(), "steps": steps, "gamma": gamma}
+        if negative_prompt is not None:
+            arguments["negative_prompt"] = negative_prompt
         return self.generate(
             [params.prompt], seeds=[params.seed], batch_size=1, callback=callback, **arguments
+        )
+
+    def vary(
+        self,
+        audio: Tensor,
+        sample_rate: int,
+        prompts: Sequence[str],
+        *,
+        seeds: Sequence[int],
+        strength: float,
+        mask: Sequence[tuple[float, float]] = (),
+        negative_prompt: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        callback: Callback | None = None,
+        **arguments: Unpack[SamplingArguments],
+    ) -> Generation:
+        """Variations of ``audio`` (``[samples]`` or ``[channels, samples]`` at
+        ``sample_rate``), one per prompt, prompt i with the noise of ``seeds[i]`` (method.md §8).
+
+        The audio is mixed to mono, resampled to the model's rate (soxr), cut or padded to
+        ``seconds`` (default: its own length, at most the model's ``max_seconds``) and encoded
+        to ``x_0``; ``strength`` in [0, 1] picks the level ``sigma(S)`` on the model's Karras
+        ramp (0: the input back, 1: a new sound); sampling starts from ``x_0 + sigma(S) z`` and
+        runs ``steps`` steps of the solver (the model's default: 1 jump for a student) on a
+        grid from ``sigma(S)`` to the end. ``mask``: spans ``(start, end)`` in seconds to
+        regenerate while everything else is kept (inpainting). The other sampling arguments
+        are those of :meth:`generate`.
+        """
+        return concatenate(
+            list(
+                self.vary_batches(
+                    audio,
+                    sample_rate,
+                    prompts,
+                    seeds=seeds,
+                    strength=strength,
+                    mask=mask,
+                    negative_prompt=negative_prompt,
+                    batch_size=batch_size,
+                    callback=callback,
+                    **arguments,
+                )
+            ),
+            self.sample_rate,
+        )
+
+    def vary_batches(
+        self,
+        audio: Tensor,
+        sample_rate: int,
+        prompts: Sequence[str],
+        *,
+        seeds: Sequence[int],
+        strength: float,
+        mask: Sequence[tuple[float, float]] = (),
+        negative_prompt: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        callback: Callback | None = None,
+        **arguments: Unpack[SamplingArguments],
+    ) -> Iterator[Generation]:
+        """Like :meth:`vary`, but yields each batch as soon as it is done (all arguments are
+        checked and the input encoded first)."""
+        checked, _ = _check_inputs(prompts, seeds, batch_size)
+        if negative_prompt is not None:
+            arguments["negative_prompt"] = negative_prompt
+        source, arguments = self.sampler.variation_source(
+            audio, sample_rate, len(checked), strength, list(mask), arguments
+        )
+        return self.sampler.generate_batches(
+            prompts, seeds, batch_size, callback, arguments, source=source
         )
 
     def provenance(self) -> dict[str, Any]:
