@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
+from soundctm.engine.audio import read_audio
 from soundctm.engine.audio_io import params_from_record, save_sample
 from soundctm.engine.pipeline import Pipeline
 from soundctm.events import GenerationStarted, SolverStep
@@ -76,7 +77,7 @@ def read_png(data: bytes) -> np.ndarray:
 
 
 def test_generate_writes_four_takes_that_match_the_library(client, pipe, out):
-    job = generate(client, seed=10)
+    job = generate(client, seed=10, normalize="none")
     assert len(job["takes"]) == 4 and job["progress"] == 1.0 and job["steps"] == 1
     takes = client.get("/api/takes").json()
     assert takes["total"] == 4
@@ -94,6 +95,7 @@ def test_generate_writes_four_takes_that_match_the_library(client, pipe, out):
         assert np.abs(audio - want).max() < 1.0 / 16000  # 16-bit rounding only
         side = client.get(t["sidecar"]).json()
         assert side["prompt"] == "a beep" and side["seed"] == seed
+        assert side["normalize"] == "none" and side["gain_db"] == 0
         png = client.get(t["spectrogram"])
         assert png.headers["content-type"] == "image/png"
         assert read_png(png.content).shape[0] == 128
@@ -109,10 +111,15 @@ def test_refine_reruns_the_take_from_its_seed_beside_the_original(client, pipe, 
     refined = client.get(f"/api/takes/{refined_id}").json()
     assert refined["kind"] == "refine" and refined["refined_from"] == take_id
     assert refined["seed"] == 5 and refined["steps"] == 4 and refined["gamma"] == 0
+    record = studio.take(refined_id).record
+    assert record["normalize"] == "peak"  # the take's level mode, the studio's default
+    gain = 10 ** (record["gain_db"] / 20)
     params = params_from_record(studio.take(take_id).record)
-    want = pipe.refine(params, steps=4, gamma=0.0).audio[0].clamp(-1, 1).numpy()
+    want = (pipe.refine(params, steps=4, gamma=0.0).audio[0] * gain).clamp(-1, 1).numpy()
     audio, _ = sf.read(studio.take(refined_id).audio, dtype="float32")
     assert np.abs(audio - want).max() < 1.0 / 16000
+    peak = np.abs(audio).max()
+    assert 10 ** (-20 / 20) - 1e-3 <= peak <= 10 ** (-1 / 20) + 1e-4  # within the peak window
 
 
 def test_history_is_read_from_the_out_folder_and_survives_a_restart(pipe, student_dir, out):
@@ -290,12 +297,44 @@ def test_a_failed_job_reports_one_line_and_the_worker_goes_on():
         queue.close()
 
 
-def test_vary_without_the_library_feature_says_so(client, studio):
-    if studio.features()["vary"]:
-        pytest.skip("this build has Pipeline.vary")
+def test_vary_a_take_and_an_upload_then_refine_a_variation(client, studio, pipe):
     take = generate(client, seed=1, n=1)["takes"][0]
-    r = client.post("/api/vary", json={"take": take, "strength": 0.5})
-    assert r.status_code == 501 and "not available in this build" in r.json()["error"]
+    r = client.post(
+        "/api/vary?wait=30",
+        json={"take": take, "strength": 0.4, "n": 2, "seed": 7, "normalize": "none"},
+    )
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
+    varied = [client.get(f"/api/takes/{i}").json() for i in r.json()["takes"]]
+    assert [v["seed"] for v in varied] == [7, 8]
+    assert all(v["kind"] == "vary" and v["varied_from"] == take for v in varied)
+    assert varied[0]["prompt"] == "a beep" and varied[0]["strength"] == 0.4
+    source = studio.take(take).audio
+    want = pipe.vary(
+        read_audio(source, pipe.sample_rate), pipe.sample_rate, ["a beep"], seeds=[7],
+        strength=0.4,
+    ).audio[0].clamp(-1, 1).numpy()  # fmt: skip
+    audio, _ = sf.read(studio.take(varied[0]["id"]).audio, dtype="float32")
+    assert np.abs(audio - want).max() < 1.0 / 16000
+
+    r = client.post("/api/refine?wait=30", json={"take": varied[0]["id"], "steps": 3})
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
+    refined = client.get(f"/api/takes/{r.json()['takes'][0]}").json()
+    assert refined["kind"] == "refine" and refined["record"]["strength"] == 0.4
+
+    up = client.post("/api/uploads", files={"file": ("tone.wav", wav_bytes(0.3), "audio/wav")})
+    body = {"upload": up.json()["id"], "prompt": "a knock", "strength": 0.9, "n": 1}
+    r = client.post("/api/vary?wait=30", json={**body, "mask": [[0.05, 0.1]]})
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
+    made = client.get(f"/api/takes/{r.json()['takes'][0]}").json()
+    assert made["vary_input"] == up.json()["file"].split("/")[1] and made["mask"] == [[0.05, 0.1]]
+    for bad, text in [
+        ({"strength": 0.5}, "exactly one of take and upload"),
+        ({"upload": "0123456789abcdef", "prompt": "x"}, "no upload"),
+        ({"upload": up.json()["id"]}, "prompt is empty"),
+        ({"take": take, "mask": [[0.2, 0.1]]}, "start < end"),
+    ]:
+        r = client.post("/api/vary", json=bad)
+        assert r.status_code in (400, 404) and text in r.json()["error"], (bad, r.text)
 
 
 def test_spectrogram_levels_are_absolute():

@@ -46,7 +46,7 @@ def test_page_generates_refines_and_downloads(student_dir, tmp_path):
             assert "refined (16 steps)" in refined.inner_text()
 
             with page.expect_download() as download:
-                refined.locator("a.download-wav").click()
+                refined.locator("a.download-audio").click()
             path = tmp_path / download.value.suggested_filename
             download.value.save_as(path)
     finally:

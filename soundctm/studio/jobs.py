@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from soundctm.errors import SoundCTMError
-from soundctm.events import BatchFinished, Event, GenerationStarted, SolverStep
+from soundctm.events import BatchFinished, Event, GenerationStarted, Message, SolverStep
 
 Status = Literal["queued", "running", "done", "failed"]
 #: What a job runs: given a progress callback, it returns the ids of the takes it wrote.
-Work = Callable[[Callable[[Event], None]], list[str]]
+Work = Callable[[Callable[[Any], None]], list[str]]
 
 
 class QueueFullError(SoundCTMError):
@@ -46,6 +46,7 @@ class Job:
     steps: int | None = None
     takes: list[str] = field(default_factory=list)
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
     version: int = 0
     # progress bookkeeping (not part of the public record)
     _units: int = 0
@@ -66,6 +67,7 @@ class Job:
             "steps": self.steps,
             "takes": list(self.takes),
             "error": self.error,
+            "warnings": list(self.warnings),
             "created": self.created,
             "started": self.started,
             "finished": self.finished,
@@ -73,19 +75,23 @@ class Job:
             "version": self.version,
         }
 
-    def on_event(self, event: Event) -> None:
-        """Advance the progress from a generation event (all solver steps of all batches)."""
-        if isinstance(event, GenerationStarted):
+    def on_event(self, event: Event | Message) -> bool:
+        """Advance the progress from a generation event (all solver steps of all batches), or
+        keep a warning; whether the public record changed."""
+        before = (self.progress, len(self.warnings))
+        if isinstance(event, Message):
+            if event.level == "warning":
+                self.warnings.append(event.text.removeprefix("warning: "))
+        elif isinstance(event, GenerationStarted):
             self.steps = event.steps
             self._units += event.steps * event.batches
         elif isinstance(event, SolverStep):
             self._done_units += 1
-        elif isinstance(event, BatchFinished):
-            pass
-        else:
-            return
+        elif not isinstance(event, BatchFinished):
+            return False
         if self._units:
             self.progress = min(1.0, self._done_units / self._units) * 0.99
+        return (self.progress, len(self.warnings)) != before
 
 
 class JobQueue:
@@ -215,11 +221,9 @@ class JobQueue:
                 for waiting, _ in self._waiting:  # their positions moved
                     self._bump(waiting)
 
-            def progress(event: Event, job: Job = job) -> None:
+            def progress(event: Event | Message, job: Job = job) -> None:
                 with self._changed:
-                    before = job.progress
-                    job.on_event(event)
-                    if job.progress != before:
+                    if job.on_event(event):
                         self._bump(job)
 
             takes: list[str] | None = None

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from soundctm.engine.specs import MAX_SEED
 
-#: The level modes of ``--normalize`` (``None`` in a request: the library's default).
+#: The level modes of ``--normalize`` (soundctm.engine.levels.MODES) and the audio formats.
 Normalize = Literal["peak", "loudness", "none"]
+AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Sampling(_Body):
     normalize: Normalize | None = Field(
         None, description="Output levels: peak (default), loudness or none."
     )
+    format: AudioFormat | None = Field(None, description="Audio file format (default wav).")
     negative_prompt: str | None = Field(
         None, description="Replaces the empty prompt as the unconditional branch of guidance."
     )
@@ -71,7 +73,8 @@ class RefineRequest(_Body):
     take: str = Field(..., description="The id of the take to refine.")
     steps: int = Field(16, ge=1, description="Steps of the refined take.")
     gamma: float = Field(0.0, ge=0, le=1, description="0 keeps the content exactly.")
-    normalize: Normalize | None = None
+    normalize: Normalize | None = Field(None, description="Output levels (default: the take's).")
+    format: AudioFormat | None = Field(None, description="Audio format (default: the take's).")
 
 
 class VaryRequest(Sampling):
@@ -83,6 +86,10 @@ class VaryRequest(Sampling):
         None, description="Prompt of the variations (default: the take's prompt)."
     )
     strength: float = Field(0.5, ge=0, le=1, description="0 keeps the input, 1 ignores it.")
+    mask: list[tuple[float, float]] = Field(
+        default_factory=list,
+        description="Spans [start, end] in seconds to regenerate, the rest kept (inpainting).",
+    )
     n: int = Field(4, ge=1)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
 

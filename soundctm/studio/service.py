@@ -22,6 +22,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,12 @@ import numpy as np
 import soundfile as sf
 
 from soundctm._version import __version__
-from soundctm.engine.audio_io import free_stem, params_from_record, save_sample, slug
+from soundctm.cli.refine import vary_source
+from soundctm.cli.vary import vary_record
+from soundctm.engine.audio import read_audio
+from soundctm.engine.audio_io import FORMATS, free_stem, params_from_record, save_sample, slug
 from soundctm.engine.files import atomic_path, ensure_writable_dir
+from soundctm.engine.levels import MODES
 from soundctm.errors import AudioFileError, CheckpointError, InvalidArgumentError, SoundCTMError
 from soundctm.events import Event
 from soundctm.studio.jobs import Job, JobQueue
@@ -47,6 +52,15 @@ UPLOAD_FORMATS = {"WAV": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3"}
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{16}$")
 #: Spectrogram pictures kept in memory.
 PICTURE_CACHE = 512
+
+
+@dataclass(frozen=True)
+class Level:
+    """How a job writes its takes: the level mode (:mod:`soundctm.engine.levels`) and the
+    audio format (:data:`~soundctm.engine.audio_io.FORMATS`)."""
+
+    normalize: str
+    format: str
 
 
 class NotFoundError(SoundCTMError):
@@ -140,8 +154,10 @@ class Studio:
         vary = getattr(self.pipe, "vary", None)
         return {
             "vary": callable(vary),
-            "normalize": ["none", *(["peak", "loudness"] if _normalizer() else [])],
+            "normalize": list(MODES),
+            "formats": list(FORMATS),
             "negative_prompt": _accepts(self.pipe.generate, "negative_prompt"),
+            "mask": callable(vary) and _accepts(vary, "mask"),
         }
 
     def info(self) -> dict[str, Any]:
@@ -170,7 +186,8 @@ class Studio:
                 "takes": DEFAULT_TAKES,
                 "refine_steps": REFINE_STEPS,
                 "strength": 0.5,
-                "normalize": "peak" if _normalizer() else "none",
+                "normalize": MODES[0],
+                "format": "wav",
             },
             "limits": {**self.limits.record(), "max_seconds": self.max_seconds},
             "features": self.features(),
@@ -221,7 +238,6 @@ class Studio:
             "omega": req.omega,
             "seconds": req.seconds,
         }
-        self.pipe.resolve(**arguments)  # the model's own checks (gamma vs solver, ...)
         if req.negative_prompt is not None and req.negative_prompt.strip():
             if not self.features()["negative_prompt"]:
                 raise NotAvailableError(
@@ -231,14 +247,8 @@ class Studio:
             arguments["negative_prompt"] = self._check_prompt(
                 req.negative_prompt, "negative_prompt"
             )
+        self.pipe.resolve(**arguments)  # the model's own checks (gamma vs solver, ...)
         return arguments
-
-    def _check_normalize(self, mode: str | None) -> str | None:
-        if mode not in (None, "none") and not _normalizer():
-            raise NotAvailableError(
-                f"normalize {mode!r} is not available in this build of soundctm; use 'none'"
-            )
-        return mode
 
     def _seeds(self, seed: int | None, n: int) -> list[int]:
         base = seed if seed is not None else secrets.randbelow(2**31)
@@ -268,34 +278,61 @@ class Studio:
         prompt = self._check_prompt(req.prompt)
         n = self._check_takes(req.n)
         arguments = self._arguments(req)
-        normalize = self._check_normalize(req.normalize)
+        level = Level(req.normalize or MODES[0], req.format or "wav")
         seeds = self._seeds(req.seed, n)
 
         def work(callback: Callable[[Event], None]) -> list[str]:
             gen = self.pipe.generate([prompt] * n, seeds=seeds, callback=callback, **arguments)
-            return self._write(gen, normalize, lambda prm, i: f"{slug(prm.prompt)}-{prm.seed}")
+            return self._write(gen, level, lambda prm: f"{slug(prm.prompt)}-{prm.seed}", callback)
 
         return self.jobs.submit("generate", f"{n} x {prompt}", work)
 
     def submit_refine(self, req: RefineRequest) -> Job:
-        """Queue a refine of take ``req.take`` at ``req.steps`` steps from its own seed."""
+        """Queue a refine of take ``req.take`` at ``req.steps`` steps from its own seed (a
+        variation: from its own input, strength and mask too), with the take's level mode
+        and format unless the request names others (as ``soundctm refine`` does)."""
         take = self._own_take(req.take, "refine")
         params = params_from_record(take.record)
         self._check_steps(req.steps)
-        self.pipe.resolve(**{**params.arguments(), "steps": req.steps, "gamma": req.gamma})
-        normalize = self._check_normalize(req.normalize)
+        arguments = {**params.arguments(), "steps": req.steps, "gamma": req.gamma}
+        self.pipe.resolve(**arguments)
+        level = Level(
+            req.normalize or str(take.record.get("normalize") or "none"),
+            req.format or take.audio.suffix.lstrip(".").lower(),
+        )
+        variation = vary_source(take.record, take.audio) if "strength" in take.record else None
         extra = {"refined_from": str(take.audio.resolve()), "refined_from_steps": params.steps}
 
         def work(callback: Callable[[Event], None]) -> list[str]:
-            gen = self.pipe.refine(params, steps=req.steps, gamma=req.gamma, callback=callback)
+            if variation is None:
+                gen = self.pipe.refine(params, steps=req.steps, gamma=req.gamma, callback=callback)
+                more: dict[str, Any] = {}
+            else:  # the same input, strength, mask and seed, more steps
+                source, more = variation
+                gen = self.pipe.vary(
+                    read_audio(source, self.pipe.sample_rate),
+                    self.pipe.sample_rate,
+                    [params.prompt],
+                    seeds=[params.seed],
+                    strength=float(more["strength"]),
+                    mask=[(float(a), float(b)) for a, b in more["mask"]],
+                    batch_size=1,
+                    callback=callback,
+                    **arguments,
+                )
             return self._write(
-                gen, normalize, lambda prm, i: f"{take.id}.refined-{req.steps}", extra=extra
+                gen,
+                level,
+                lambda prm: f"{take.id}.refined-{req.steps}",
+                callback,
+                extra={**more, **extra},
             )
 
         return self.jobs.submit("refine", f"{take.id} at {req.steps} steps", work)
 
     def submit_vary(self, req: VaryRequest) -> Job:
-        """Queue ``req.n`` variations of a take or an upload at ``req.strength``."""
+        """Queue ``req.n`` variations of a take or an upload at ``req.strength`` (with
+        ``req.mask``: only those spans regenerated)."""
         if (req.take is None) == (req.upload is None):
             raise InvalidArgumentError("give exactly one of take and upload to vary")
         if not self.features()["vary"]:
@@ -304,53 +341,62 @@ class Studio:
                 "update soundctm"
             )
         if req.take is not None:
-            source = self.take(req.take).audio
-            prompt = req.prompt or str(self.take(req.take).record.get("prompt") or "")
-            stem = req.take
+            take = self.take(req.take)
+            source, prompt, name = take.audio, req.prompt or take.record.get("prompt"), take.id
         else:
             source = self.upload_path(req.upload or "")
-            prompt = req.prompt or ""
-            stem = f"upload-{req.upload}"
-        prompt = self._check_prompt(prompt)
+            prompt, name = req.prompt, f"upload-{req.upload}"
+        prompt = self._check_prompt(prompt if isinstance(prompt, str) else None)
         n = self._check_takes(req.n)
         arguments = self._arguments(req)
-        normalize = self._check_normalize(req.normalize)
+        mask = [(float(a), float(b)) for a, b in req.mask]
+        for a, b in mask:
+            if not 0 <= a < b:
+                raise InvalidArgumentError(f"mask span {a:g}:{b:g} needs 0 <= start < end")
+        level = Level(req.normalize or MODES[0], req.format or "wav")
         seeds = self._seeds(req.seed, n)
-        digest = _sha256(source)
-        extra = {"varied_from": str(source), "input_sha256": digest, "strength": req.strength}
+        extra = vary_record(source, req.strength, mask)
+        rate = int(self.pipe.sample_rate)
+        audio = read_audio(source, rate)  # a broken input fails the request, not the job
 
         def work(callback: Callable[[Event], None]) -> list[str]:
-            audio, rate = _read_input(source, int(self.pipe.sample_rate))
             gen = self.pipe.vary(
                 audio,
                 rate,
                 [prompt] * n,
                 seeds=seeds,
                 strength=req.strength,
+                mask=mask,
                 callback=callback,
                 **arguments,
             )
             return self._write(
-                gen, normalize, lambda prm, i: f"{stem}.vary-{prm.seed}", extra=extra
+                gen,
+                level,
+                lambda prm: f"{slug(name, 20)}.vary-{slug(prm.prompt)}-{prm.seed}",
+                callback,
+                extra=extra,
             )
 
-        return self.jobs.submit("vary", f"{n} x {prompt} from {stem}", work)
+        return self.jobs.submit("vary", f"{n} x {prompt} from {name}", work)
 
     # ------------------------------------------------------------------ files
     def _write(
         self,
         gen: Any,
-        normalize: str | None,
-        stem_of: Callable[[Any, int], str],
+        level: Level,
+        stem_of: Callable[[Any], str],
+        callback: Callable[[Event], None],
         extra: dict[str, Any] | None = None,
     ) -> list[str]:
-        """Write each row of a generation as a take; the ids, in order."""
+        """Write each row of a generation as a take (levelled, in the chosen format); the ids,
+        in order. Level warnings (a silent take) go to ``callback`` and so to the job."""
         ids = []
-        for i, (audio, prm) in enumerate(zip(gen.audio, gen.params, strict=True)):
+        for audio, prm in zip(gen.audio, gen.params, strict=True):
             record_extra = dict(extra or {})
             if self.hub:
                 record_extra["model_hub"] = self.hub
-            path = free_stem(self.out_dir, stem_of(prm, i))
+            path = free_stem(self.out_dir, stem_of(prm), level.format)
             save_sample(
                 path,
                 audio,
@@ -359,9 +405,11 @@ class Studio:
                 model_path=self.model_dir,
                 model_card_sha256=self.card_hash,
                 extra=record_extra,
+                normalize=level.normalize,
+                callback=callback,
             )
             ids.append(path.stem)
-            with contextlib.suppress(OSError, RuntimeError, ValueError):
+            with contextlib.suppress(SoundCTMError, OSError, RuntimeError, ValueError):
                 self.picture(path.stem)  # rendered while the file is in the page cache
         return ids
 
@@ -392,8 +440,9 @@ class Studio:
         made_by = r.get("model_card_sha256")
         name = take.audio.name
         refined_from = self.takes.id_of(r.get("refined_from"))
-        varied_from = self.takes.id_of(r.get("varied_from"))
-        kind = "refine" if r.get("refined_from") else "vary" if r.get("varied_from") else "sample"
+        source = r.get("vary_input")
+        varied_from = self.takes.id_of(source)
+        kind = "refine" if r.get("refined_from") else "vary" if source else "sample"
         return {
             "id": take.id,
             "kind": kind,
@@ -409,7 +458,12 @@ class Studio:
             "created": r.get("created"),
             "refined_from": refined_from,
             "varied_from": varied_from,
+            "vary_input": Path(str(source)).name if source else None,
             "strength": r.get("strength"),
+            "mask": r.get("mask"),
+            "normalize": r.get("normalize"),
+            "gain_db": r.get("gain_db"),
+            "negative_prompt": r.get("negative_prompt"),
             "same_model": self.card_hash is None or made_by in (None, self.card_hash),
             "audio": f"/api/files/{name}",
             "sidecar": f"/api/files/{take.id}.json",
@@ -500,28 +554,6 @@ def _display_name(filename: str | None) -> str | None:
         return None
     name = Path(filename.replace("\\", "/")).name
     return re.sub(r"[^A-Za-z0-9._ -]+", "_", name)[:100] or None
-
-
-def _sha256(path: Path) -> str:
-    from soundctm.engine.checkpoint import sha256_file
-
-    return sha256_file(path)
-
-
-def _normalizer() -> Callable[..., Any] | None:
-    """The library's ``normalize(audio, sample_rate, mode)``, if this build has one."""
-    return None
-
-
-def _read_input(path: Path, sample_rate: int) -> tuple[Any, int]:
-    """The audio of a file to vary (mono, at the model's rate)."""
-    from soundctm.engine.audio import load_audio, resample, to_mono
-
-    audio, rate = load_audio(path)
-    audio = to_mono(audio)
-    if rate != sample_rate:
-        audio = resample(audio, rate, sample_rate)
-    return audio, sample_rate
 
 
 __all__ = [

@@ -25,6 +25,12 @@ function showError(text) {
   m.hidden = !text;
 }
 
+function showNotice(text) {
+  const m = $("notice");
+  m.textContent = text;
+  m.hidden = !text;
+}
+
 async function api(path, options = {}) {
   const response = await fetch(path, options);
   let body = null;
@@ -52,9 +58,17 @@ function sampling() {
     if (v !== null) out[key] = v;
   }
   out.normalize = $("normalize").value || null;
+  out.format = $("format").value || null;
   const negative = $("negative").value.trim();
   if (negative) out.negative_prompt = negative;
   return out;
+}
+
+// "0.5:1.2, 2:2.5" -> [[0.5, 1.2], [2, 2.5]] (the server checks the spans)
+function mask() {
+  const text = $("mask").value.trim();
+  if (!text) return [];
+  return text.split(/[\s,;]+/).filter(Boolean).map((span) => span.split(":").map(Number));
 }
 
 // ------------------------------------------------------------------ jobs and the queue
@@ -64,10 +78,11 @@ function jobRow(job) {
   const detail = job.status === "failed" ? job.error
     : job.status === "done" ? `${job.takes.length} take(s) in ${(job.elapsed || 0).toFixed(2)} s`
     : job.steps ? `${pct}% of ${job.steps} step(s)` : `${pct}%`;
-  return el("div", { class: `job ${job.status}`, "data-job": job.id },
+  const warn = job.warnings && job.warnings.length ? ` (${job.warnings.length} warning(s))` : "";
+  return el("div", { class: `job ${job.status}`, "data-job": job.id, title: (job.warnings || []).join("\n") },
     el("span", {}, `${job.kind} · ${where}`),
     el("div", { class: "bar" }, el("div", { style: `width:${pct}%` })),
-    el("span", { class: "muted" }, `${job.summary} — ${detail}`));
+    el("span", { class: "muted" }, `${job.summary} — ${detail}${warn}`));
 }
 
 async function refreshQueue() {
@@ -99,11 +114,13 @@ async function follow(job) {
 
 async function run(button, path, body) {
   showError("");
+  showNotice("");
   button.disabled = true;
   try {
     const job = await postJSON(path, body);
     refreshQueue();
-    await follow(job);
+    const done = await follow(job);
+    if (done.warnings && done.warnings.length) showNotice(done.warnings.join("; "));
     await loadTakes();
   } catch (e) {
     showError(e.message);
@@ -119,7 +136,8 @@ function takeView(t, label) {
     el("div", { class: "label" },
       el("b", {}, label),
       el("span", {}, `seed ${t.seed} · ${t.steps} step${t.steps === 1 ? "" : "s"}`
-        + (t.kind === "vary" ? ` · strength ${t.strength}` : ""))),
+        + (t.strength !== null && t.strength !== undefined ? ` · strength ${t.strength}` : "")
+        + (t.gain_db ? ` · ${t.gain_db > 0 ? "+" : ""}${t.gain_db.toFixed(1)} dB` : ""))),
     el("img", { src: t.spectrogram, alt: `spectrogram of ${t.id}`, loading: "lazy" }),
     el("audio", { controls: true, preload: "metadata", src: t.audio }),
     el("div", { class: "actions" },
@@ -127,7 +145,7 @@ function takeView(t, label) {
         class: "refine", title: "Same seed, more steps, gamma 0", disabled: !t.same_model,
         onclick: (ev) => run(ev.currentTarget, "/api/refine", {
           take: t.id, steps: numberOrNull("refine-steps") || info.defaults.refine_steps,
-          gamma: 0, normalize: $("normalize").value || null,
+          gamma: 0,
         }),
       }, "Refine"),
       info.features.vary && el("button", {
@@ -135,9 +153,11 @@ function takeView(t, label) {
         onclick: (ev) => run(ev.currentTarget, "/api/vary", {
           ...sampling(), take: t.id, prompt: $("prompt").value.trim() || t.prompt,
           strength: Number($("strength").value), n: numberOrNull("n") || info.defaults.takes,
+          mask: mask(),
         }),
       }, "Vary"),
-      el("a", { class: "download-wav", href: t.audio, download: name }, "WAV"),
+      el("a", { class: "download-audio", href: t.audio, download: name },
+        name.split(".").pop().toUpperCase()),
       el("a", { class: "download-json", href: t.sidecar, download: `${t.id}.json` }, "sidecar")));
   return node;
 }
@@ -162,7 +182,7 @@ async function loadTakes() {
   const data = await api("/api/takes?limit=200");
   const cards = groups(data.takes).map(({ take, refines }) => {
     const title = take.kind === "vary"
-      ? `${take.prompt} (variation${take.varied_from ? " of " + take.varied_from : ""})`
+      ? `${take.prompt} (variation of ${take.varied_from || take.vary_input})`
       : take.prompt;
     const versions = [takeView(take, take.kind === "vary" ? "variation" : "original"),
       ...refines.map((r) => takeView(r, `refined (${r.steps} steps)`))];
@@ -200,7 +220,7 @@ async function varyUpload() {
     button.disabled = false;
     await run(button, "/api/vary", {
       ...sampling(), upload: upload.id, prompt, strength: Number($("strength").value),
-      n: numberOrNull("n") || info.defaults.takes,
+      n: numberOrNull("n") || info.defaults.takes, mask: mask(),
     });
   } catch (e) {
     showError(e.message);
@@ -229,9 +249,12 @@ async function start() {
   $("prompt").maxLength = info.limits.max_prompt_chars;
   $("normalize").replaceChildren(...info.features.normalize.map((mode) =>
     el("option", { value: mode, selected: mode === d.normalize }, mode)));
+  $("format").replaceChildren(...info.features.formats.map((f) =>
+    el("option", { value: f, selected: f === d.format }, f)));
+  $("mask-label").hidden = !info.features.mask;
   $("negative-label").hidden = !info.features.negative_prompt;
   if (!info.features.vary) {
-    for (const id of ["strength", "upload", "vary-upload"]) $(id).disabled = true;
+    for (const id of ["strength", "upload", "vary-upload", "mask"]) $(id).disabled = true;
     $("vary-note").textContent = "vary is not available in this build";
   }
   $("strength").value = d.strength;
