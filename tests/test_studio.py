@@ -24,7 +24,7 @@ from soundctm.studio.api import create_app
 from soundctm.studio.jobs import JobQueue, QueueFullError
 from soundctm.studio.schemas import Limits
 from soundctm.studio.service import Studio
-from soundctm.studio.spectrogram import png_bytes, spectrogram_rgb
+from soundctm.studio.spectrogram import png_bytes, row_edges, spectrogram_rgb
 from soundctm.studio.takes import safe_file
 
 
@@ -337,14 +337,23 @@ def test_vary_a_take_and_an_upload_then_refine_a_variation(client, studio, pipe)
         assert r.status_code in (400, 404) and text in r.json()["error"], (bad, r.text)
 
 
-def test_spectrogram_levels_are_absolute():
+def test_spectrogram_pictures_show_pitch_and_keep_quiet_takes_dark():
     rate = 8000
     t = np.arange(rate) / rate
     loud = spectrogram_rgb(np.sin(2 * np.pi * 1000 * t), rate)
     quiet = spectrogram_rgb(1e-4 * np.sin(2 * np.pi * 1000 * t), rate)
+    high = spectrogram_rgb(np.sin(2 * np.pi * 3000 * t), rate)
     silent = spectrogram_rgb(np.zeros(rate), rate)
-    row = 127 - int(1000 / 4000 * 128)  # 1 kHz, low frequencies at the bottom
-    assert loud[row - 1 : row + 2].sum() > quiet[row - 1 : row + 2].sum()
+    assert loud.shape[0] == 128 and 350 <= loud.shape[1] <= 400 and loud.shape[2] == 3
+
+    def brightest_row(picture):
+        return int(np.argmax(picture.astype(int).sum(axis=(1, 2))))
+
+    edges = row_edges(rate, 129, 128)  # 256-point FFT at 8 kHz: 129 bins of 31.25 Hz
+    row = 127 - int(np.searchsorted(edges, 1000 / 31.25, side="right") - 1)
+    assert abs(brightest_row(loud) - row) <= 1
+    assert brightest_row(high) < brightest_row(loud)  # higher pitch, higher up
+    assert loud.astype(int).sum() > quiet.astype(int).sum()
     assert (silent == silent[0, 0]).all() and loud.max() > silent.max()
     assert read_png(png_bytes(loud)).tolist() == loud.tolist()
 
