@@ -6,11 +6,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
@@ -377,3 +381,41 @@ def test_studio_command_safety(monkeypatch):
         taken.close()
     r = CliRunner().invoke(build_app(), ["studio", "--port", "70000"])
     assert r.exit_code == 2 and "--port" in r.output
+
+
+def test_studio_command_warns_off_loopback(student_dir):
+    from typer.testing import CliRunner
+
+    from soundctm.cli.app import build_app
+
+    # an address of no interface here: the warning, then a one-line error (no traffic)
+    r = CliRunner().invoke(
+        build_app(), ["studio", "--model", str(student_dir), "--host", "192.0.2.1"]
+    )
+    assert r.exit_code == 2
+    assert "warning: listening on 192.0.2.1" in r.output and "no password" in r.output
+    assert "error: cannot listen on 192.0.2.1" in r.output
+
+
+@pytest.mark.slow
+def test_studio_command_serves_until_ctrl_c(student_dir, tmp_path):
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    exe = [sys.executable, "-m", "soundctm", "studio", "--model", str(student_dir)]
+    proc = subprocess.Popen(
+        [*exe, "--port", str(port), "--out", str(tmp_path / "takes"), "--device", "cpu"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline()  # printed once the model is loaded and warm
+        assert f"soundctm studio: http://127.0.0.1:{port}/" in line, line
+        info = httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=10).json()
+        assert info["model"]["path"] == str(student_dir.resolve())
+        assert "warning" not in line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    assert proc.returncode == 0

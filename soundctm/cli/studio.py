@@ -94,7 +94,7 @@ def studio(
     )
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: uploads)
+        import python_multipart  # noqa: F401  (uploads)
         import uvicorn
     except ImportError as exc:
         raise InvalidArgumentError(
@@ -143,7 +143,10 @@ def studio(
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         try:
             server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn stops cleanly, then passes Ctrl-C on
+            pass
         finally:
             service.close()
+        err_console.print("soundctm studio stopped", highlight=False)
     finally:
         sock.close()

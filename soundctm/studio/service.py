@@ -195,9 +195,10 @@ class Studio:
         }
 
     def warm_up(self) -> None:
-        """One short generation, so the first request does not pay torch's first-call costs."""
+        """One generation of the default number of takes, so the first request does not pay
+        torch's first-call costs for that batch shape."""
         seconds = min(float(self.pipe.card.seconds), self.max_seconds)
-        self.pipe.generate(["warm up"], seeds=[0], seconds=seconds)
+        self.pipe.generate(["warm up"] * DEFAULT_TAKES, seeds=range(DEFAULT_TAKES), seconds=seconds)
 
     # ------------------------------------------------------------------ checks
     def _check_prompt(self, text: str | None, what: str = "prompt") -> str:

@@ -44,6 +44,11 @@ def safe_file(root: Path, relative: str) -> Path | None:
     return path
 
 
+def _natural(text: str) -> list[Any]:
+    """A sort key that orders the numbers inside names by value (``x-9`` before ``x-10``)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text)]
+
+
 def is_take_id(text: str) -> bool:
     """Whether ``text`` can be a take id (no separators, no ``..``, not hidden)."""
     return bool(TAKE_ID.match(text)) and ".." not in text
@@ -108,7 +113,8 @@ class TakeStore:
         return Take(take_id, audio, record)
 
     def all(self) -> list[Take]:
-        """Every take in the folder, newest first (by the sidecar's ``created``, then name)."""
+        """Every take in the folder, newest first by the sidecar's ``created`` (to the second);
+        takes made in the same second (one request's) in name order, so by seed."""
         takes = []
         try:
             names = sorted(p.name for p in self.root.glob("*.json"))
@@ -118,7 +124,8 @@ class TakeStore:
             take = self.get(name[: -len(".json")])
             if take is not None:
                 takes.append(take)
-        takes.sort(key=lambda t: (t.created(), t.id), reverse=True)
+        takes.sort(key=lambda t: _natural(t.id))
+        takes.sort(key=lambda t: t.created(), reverse=True)
         return takes
 
     def id_of(self, path: str | None) -> str | None:
