@@ -62,7 +62,7 @@ def main() -> None:
     from soundctm.studio.api import create_app
     from soundctm.studio.service import Studio
 
-    out = Path(tempfile.mkdtemp(prefix="studio-speed-"))
+    out = Path(tempfile.mkdtemp(prefix="studio-speed-")) / "outputs"
     started = time.perf_counter()
     studio = Studio.load(None, out, device="cpu")
     studio.warm_up()
@@ -123,6 +123,7 @@ def screenshot(page: object, out: Path, path: Path) -> None:
     for f in out.iterdir():
         if f.is_file():
             f.unlink()
+    page.set_viewport_size({"width": 1600, "height": 900})  # type: ignore[attr-defined]
     page.reload()  # type: ignore[attr-defined]
     page.wait_for_selector("body[data-ready='1']")  # type: ignore[attr-defined]
     page.fill("#prompt", PROMPT)  # type: ignore[attr-defined]

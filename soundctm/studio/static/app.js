@@ -181,14 +181,24 @@ function groups(takes) {
   return roots.map((t) => ({ take: t, refines: (children.get(t.id) || []).reverse() }));
 }
 
+// Takes never change once written, so their nodes are kept and reused: a refresh adds the new
+// ones without reloading the pictures and players already on the page.
+const takeNodes = new Map();
+
+function takeNode(t, label) {
+  const key = `${t.id}\n${label}`;
+  if (!takeNodes.has(key)) takeNodes.set(key, takeView(t, label));
+  return takeNodes.get(key);
+}
+
 async function loadTakes() {
   const data = await api("/api/takes?limit=200");
   const cards = groups(data.takes).map(({ take, refines }) => {
     const title = take.kind === "vary"
       ? `${take.prompt} (variation of ${take.varied_from || take.vary_input})`
       : take.prompt;
-    const versions = [takeView(take, take.kind === "vary" ? "variation" : "original"),
-      ...refines.map((r) => takeView(r, `refined (${r.steps} steps)`))];
+    const versions = [takeNode(take, take.kind === "vary" ? "variation" : "original"),
+      ...refines.map((r) => takeNode(r, `refined (${r.steps} steps)`))];
     return el("article", { class: `group ${refines.length ? "ab" : ""}`, "data-group": take.id },
       el("h3", { title }, title), el("div", { class: "versions" }, ...versions));
   });
