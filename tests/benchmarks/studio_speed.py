@@ -109,6 +109,8 @@ def main() -> None:
                 screenshot(page, out, args.screenshot)
     finally:
         studio.close()
+    if not args.runs:
+        return
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"median of {args.runs}: bare generate of 4 {med['bare']:.3f} s; API request -> 4 "
@@ -123,7 +125,7 @@ def screenshot(page: object, out: Path, path: Path) -> None:
     for f in out.iterdir():
         if f.is_file():
             f.unlink()
-    page.set_viewport_size({"width": 1600, "height": 900})  # type: ignore[attr-defined]
+    page.set_viewport_size({"width": 1600, "height": 520})  # type: ignore[attr-defined]
     page.reload()  # type: ignore[attr-defined]
     page.wait_for_selector("body[data-ready='1']")  # type: ignore[attr-defined]
     page.fill("#prompt", PROMPT)  # type: ignore[attr-defined]
