@@ -57,11 +57,12 @@ def test_mask_spans_to_frames():
             keep_mask(spans, 1.0, (2, 8), axis=1)
 
 
-def similarities(pipe, audio, rate, strengths, seeds=(0, 1, 2, 3)):
+def similarities(pipe, audio, rate, strengths, seeds=(0, 1, 2, 3), **arguments):
     x0 = pipe.autoencoder.encode(resample_soxr(audio, rate, pipe.sample_rate)[None])
     out = []
     for s in strengths:
-        gen = pipe.vary(audio, rate, ["a chirp"] * len(seeds), seeds=list(seeds), strength=s)
+        prompts = ["a chirp"] * len(seeds)
+        gen = pipe.vary(audio, rate, prompts, seeds=list(seeds), strength=s, **arguments)
         x = pipe.autoencoder.encode(gen.audio)
         out.append(float(latent_similarity(x, x0.expand_as(x)).mean()))
     return out
@@ -84,7 +85,7 @@ def test_variations_are_per_sample_and_steps_and_teacher_work():
     assert torch.allclose(both.audio[1], alone.audio[0], atol=1e-5)
     assert both.params[1].steps == 3 and both.params[1].seconds == pytest.approx(0.25)
     teacher = build_toy("teacher")
-    sims = similarities(teacher, audio, RATE, [0.1, 0.9], seeds=(0,))
+    sims = similarities(teacher, audio, RATE, [0.1, 0.9], seeds=(0,), steps=4)
     assert sims[0] > sims[1]
 
 
