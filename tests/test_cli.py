@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from soundctm import __version__
 from soundctm.cli.app import build_app
+from soundctm.engine.levels import normalize
 
 
 def run(*args: str, env: dict[str, str] | None = None):
@@ -80,14 +81,18 @@ def test_sample_matches_the_library_and_refine_keeps_the_seed(tmp_path, student_
     assert run("sample", "wind", "--model", student_dir, "--seed", "3", "-o", out).exit_code == 0
     wav = out / "wind-3.wav"
     audio, _ = sf.read(str(wav), dtype="float32")
-    lib = Pipeline.load(student_dir).generate(["wind"], seeds=[3]).audio[0].numpy()
-    assert abs(audio - lib.clip(-1, 1)).max() <= 1 / 32767 + 1e-6  # 16-bit WAV
+    lib = Pipeline.load(student_dir).generate(["wind"], seeds=[3]).audio[0]
+    leveled = normalize(lib, 8000, "peak")  # the default level, recorded in the sidecar
+    assert json.loads(wav.with_suffix(".json").read_text())["gain_db"] == round(leveled[1], 6)
+    assert abs(audio - leveled.audio.numpy().clip(-1, 1)).max() <= 1 / 32767 + 1e-6  # 16-bit
     r = run("refine", wav, "--steps", "4")
     assert r.exit_code == 0, r.output
     refined = out / "wind-3.refined-4.wav"
     side = json.loads(refined.with_suffix(".json").read_text())
     assert side["steps"] == 4 and side["seed"] == 3 and side["refined_from"] == str(wav.resolve())
+    assert side["normalize"] == "peak"  # refine re-applies the recorded mode
     expected = Pipeline.load(student_dir).generate(["wind"], seeds=[3], steps=4).audio[0]
+    expected = normalize(expected, 8000, "peak").audio
     got, _ = sf.read(str(refined), dtype="float32")
     assert abs(got - expected.numpy().clip(-1, 1)).max() <= 1 / 32767 + 1e-6
     assert files(out) == [

@@ -59,8 +59,10 @@ def _click_commands():
 def test_shared_options_read_the_same_everywhere():
     commands = _click_commands()
     helps: dict[str, set[str]] = {}
-    sampling = [c for n, c in commands.items() if n in {"sample", "refine"} or n.startswith("eval")]
-    assert len(sampling) == 5
+    sampling = [
+        c for n, c in commands.items() if n in {"sample", "refine", "vary"} or n.startswith("eval")
+    ]
+    assert len(sampling) == 6
     for cmd in sampling:
         for p in cmd.params:
             if p.name in {"nu", "omega", "seed", "seconds", "device", "batch_size"}:

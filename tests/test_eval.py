@@ -155,6 +155,17 @@ def test_model_mode_synthcaps_reports_and_content_preservation(tmp_path):
     md = (out / "report.md").read_text()
     assert "gamma = 0" in md and "gamma = 1" in md and "chance" in md and "not VGGish" in md
     assert len(list((out / "audio").rglob("*.wav"))) == 4 * 5  # 1, 2, 4 at gamma 0; 2, 4 at 1
+    # each setting's folder names every file's prompt and seed in a manifest
+    import csv
+
+    manifests = sorted((out / "audio").rglob("manifest.csv"))
+    assert len(manifests) == 5
+    with manifests[0].open() as f:
+        rows = list(csv.DictReader(f))
+    names = sorted(p.name for p in manifests[0].parent.glob("*.wav"))
+    assert sorted(r["file_name"] for r in rows) == names
+    assert all(r["caption"] and r["seed"].isdigit() for r in rows)
+    assert len({r["seed"] for r in rows}) == 4
     # a re-run reads every embedding from the cache and gives the same numbers
     from soundctm.eval.runner import evaluate_model
 

@@ -405,6 +405,8 @@ def test_cli_samples_and_refines_an_exported_model(student, tmp_path):
             "2",
             "--nu",
             "2",
+            "--normalize",
+            "none",
             "-o",
             str(out),
         ],

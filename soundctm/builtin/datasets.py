@@ -34,7 +34,7 @@ from soundctm.engine.audio import (
     is_silent,
     load_audio,
     peak_normalise,
-    resample,
+    resample_soxr,
     to_mono,
 )
 from soundctm.engine.files import write_text_atomic
@@ -162,9 +162,10 @@ class ClipDataset(torch.utils.data.Dataset):
     """Captioned audio files, checked once at construction (the base of ``csv`` and ``folder``).
 
     Items: ``{"audio": Tensor[round(seconds * sample_rate)], "caption": str, "id": str}``.
-    Audio is mixed to mono, resampled to ``sample_rate`` (:func:`soundctm.engine.audio.resample`),
-    cut to its FIRST ``seconds`` (no random crop: the same index always gives the same audio; a
-    trainer wanting random crops can shuffle clips instead), zero-padded at the end when it is
+    Audio is mixed to mono, resampled to ``sample_rate`` with soxr
+    (:func:`soundctm.engine.audio.resample_soxr`), cut to its FIRST ``seconds`` (no random
+    crop: the same index always gives the same audio; a trainer wanting random crops can
+    shuffle clips instead), zero-padded at the end when it is
     shorter (clips shorter than ``min_seconds`` are skipped instead), and scaled to a peak of
     ``peak``. Unusable files are listed in ``problems_file`` (see the module docstring).
     """
@@ -297,7 +298,7 @@ class ClipDataset(torch.utils.data.Dataset):
             ) from exc
         frames = math.ceil(self.seconds * info_rate) + _RESAMPLE_MARGIN
         x, rate = load_audio(clip.path, frames=frames)
-        audio = resample(to_mono(x), rate, self.sample_rate)
+        audio = resample_soxr(to_mono(x), rate, self.sample_rate)
         audio = peak_normalise(crop_or_pad(audio, self.num_samples), self.peak)
         return {"audio": audio.float().contiguous(), "caption": clip.caption, "id": str(clip.path)}
 

@@ -155,9 +155,9 @@ def read_clip(path: Path, target_rate: int | None = None) -> tuple[np.ndarray, i
     if target_rate is not None and int(rate) != int(target_rate):
         import torch
 
-        from soundctm.engine.audio import resample
+        from soundctm.engine.audio import resample_soxr
 
-        x = resample(torch.from_numpy(x), int(rate), int(target_rate)).numpy().astype(np.float32)
+        x = resample_soxr(torch.from_numpy(x), int(rate), int(target_rate)).numpy()
         rate = target_rate
     return x, int(rate)
 

@@ -129,7 +129,8 @@ def generate(
     audio_dir: Path | None,
 ) -> dict[str, np.ndarray]:
     """``{key: clip}`` of every prompt with ``plan``; also written as 16-bit WAV files to
-    ``audio_dir/<label>/`` when ``audio_dir`` is given."""
+    ``audio_dir/<label>/`` when ``audio_dir`` is given, with a ``manifest.csv`` naming each
+    file's prompt, seed and sampling parameters (:func:`write_manifest`)."""
     gen = pipe.generate(
         prompts.captions,
         seeds=seeds,
@@ -148,7 +149,34 @@ def generate(
         folder = ensure_writable_dir(audio_dir / slug(label))
         for k, a in out.items():
             write_wav(folder / f"{k}.wav", a, gen.sample_rate)
+        write_manifest(folder / MANIFEST, [f"{k}.wav" for k in out], gen.params)
     return out
+
+
+#: The manifest beside the generated audio of one setting.
+MANIFEST = "manifest.csv"
+
+
+def write_manifest(path: Path, names: Sequence[str], params: Sequence[Any]) -> Path:
+    """A CSV (atomically written) with one row per generated file: ``file_name``, ``caption``
+    (the prompt; the columns of the ``csv`` data set), ``seed`` and the sampling arguments,
+    so each file can be made again with ``soundctm sample``."""
+    import csv
+    import io
+    from dataclasses import asdict
+
+    from soundctm.engine.files import write_text_atomic
+
+    rows = [{"file_name": n, **asdict(p)} for n, p in zip(names, params, strict=True)]
+    buffer = io.StringIO()
+    columns = ["file_name", "caption", *(k for k in rows[0] if k not in ("file_name", "prompt"))]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        row["caption"] = row.pop("prompt")
+        writer.writerow({k: "" if row[k] is None else row[k] for k in columns})
+    write_text_atomic(path, buffer.getvalue())
+    return path
 
 
 def make_evalset(
@@ -176,6 +204,7 @@ def make_evalset(
 __all__ = [
     "AUDIO_FOLDER",
     "GAMMA_SOLVER",
+    "MANIFEST",
     "Setting",
     "at",
     "check_steps",
@@ -186,4 +215,5 @@ __all__ = [
     "model_info",
     "resolve",
     "sampling",
+    "write_manifest",
 ]
