@@ -419,3 +419,17 @@ def test_studio_command_serves_until_ctrl_c(student_dir, tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
     assert proc.returncode == 0
+
+
+def test_a_job_is_followed_by_long_polling(client):
+    r = client.post("/api/generate", json={"prompt": "a beep", "n": 2, "seed": 4})
+    assert r.status_code == 202 and r.json()["status"] in ("queued", "running", "done")
+    job, seen = r.json(), []
+    while job["status"] not in ("done", "failed"):
+        job = client.get(f"/api/jobs/{job['id']}?wait=10&after={job['version']}").json()
+        seen.append(job["status"])
+    assert job["status"] == "done" and len(job["takes"]) == 2 and job["progress"] == 1.0
+    assert client.get(f"/api/jobs/{job['id']}").status_code == 200
+    queue = client.get("/api/queue").json()
+    assert queue["running"] is None and queue["queued"] == []
+    assert queue["recent"][0]["id"] == job["id"]
