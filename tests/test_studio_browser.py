@@ -1,10 +1,12 @@
 """End to end in a real headless Chromium: the studio page on the toy model. Type a prompt, get
-4 takes, refine one (shown beside the original), download the refined WAV and decode it.
+4 takes, refine one (shown beside the original), download the refined WAV and decode it; then
+vary a take at the slider's strength and vary an uploaded file.
 
 Runs in CI (.ci/run installs chromium; the test fails there rather than skip without it)."""
 
 from __future__ import annotations
 
+import numpy as np
 import soundfile as sf
 from browser import launch_chromium, require_browser, serve_app
 
@@ -49,6 +51,27 @@ def test_page_generates_refines_and_downloads(student_dir, tmp_path):
                 refined.locator("a.download-audio").click()
             path = tmp_path / download.value.suggested_filename
             download.value.save_as(path)
+
+            # Vary: a take at the slider's strength, then an uploaded file
+            page.fill("#n", "2")
+            page.locator("#strength").fill("0.3")
+            assert page.locator("#strength-value").inner_text() == "0.30"
+            first.locator(".take").first.locator("button.vary").click()
+            variations = page.locator(".take[data-take*='.vary-']")
+            page.wait_for_function(
+                "document.querySelectorAll(\".take[data-take*='.vary-']\").length === 2",
+                timeout=30_000,
+            )
+            assert "strength 0.3" in variations.first.inner_text()
+            sf.write(tmp_path / "mine.wav", 0.2 * np.ones(4000), 8000)
+            page.set_input_files("#upload", str(tmp_path / "mine.wav"))
+            page.click("#vary-upload")
+            page.wait_for_function(
+                "document.querySelectorAll(\".take[data-take^='upload-']\").length === 2",
+                timeout=30_000,
+            )
+            assert "mine.wav" in page.locator("#vary-note").inner_text()
+            assert page.locator("#message").is_hidden()
     finally:
         studio.close()
     audio, rate = sf.read(path, dtype="float32")
