@@ -115,20 +115,28 @@ async function follow(job) {
   return job;
 }
 
+// Queue a job (the button is off only while the request is sent, so more can be queued
+// behind it), follow it, then show the new takes.
 async function run(button, path, body) {
   showError("");
   showNotice("");
   button.disabled = true;
+  let job = null;
   try {
-    const job = await postJSON(path, body);
+    job = await postJSON(path, body);
+  } catch (e) {
+    showError(e.message);
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  try {
     refreshQueue();
     const done = await follow(job);
     if (done.warnings && done.warnings.length) showNotice(done.warnings.join("; "));
     await loadTakes();
   } catch (e) {
     showError(e.message);
-  } finally {
-    button.disabled = false;
   }
 }
 
