@@ -140,7 +140,13 @@ def studio(
             markup=False,
         )
         app = create_app(service)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,  # a page's open long poll must not hold up Ctrl-C
+        )
+        server = uvicorn.Server(config)
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # uvicorn stops cleanly, then passes Ctrl-C on
