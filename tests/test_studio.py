@@ -433,3 +433,13 @@ def test_a_job_is_followed_by_long_polling(client):
     queue = client.get("/api/queue").json()
     assert queue["running"] is None and queue["queued"] == []
     assert queue["recent"][0]["id"] == job["id"]
+
+
+def test_negative_prompt_is_recorded_and_vary_is_refused_where_missing(client, studio, monkeypatch):
+    job = generate(client, seed=6, n=1, nu=2.0, negative_prompt="hiss")
+    take = client.get(f"/api/takes/{job['takes'][0]}").json()
+    assert take["negative_prompt"] == "hiss" and take["nu"] == 2.0
+    monkeypatch.setattr(type(studio.pipe), "vary", None)  # a pipeline without vary
+    assert client.get("/api/info").json()["features"]["vary"] is False
+    r = client.post("/api/vary", json={"take": job["takes"][0]})
+    assert r.status_code == 501 and "not available in this build" in r.json()["error"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import os
 import re
 import secrets
@@ -79,22 +78,6 @@ class NotAudioError(AudioFileError):
     """An upload that cannot be decoded as audio."""
 
 
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    """Whether ``fn`` takes keyword ``name`` (as a parameter or a typed ``**`` keyword)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    if name in params:
-        return True
-    for p in params.values():
-        if p.kind is p.VAR_KEYWORD:
-            hints = getattr(p.annotation, "__args__", ())  # Unpack[SamplingArguments]
-            if any(name in getattr(h, "__annotations__", {}) for h in hints):
-                return True
-    return False
-
-
 class Studio:
     """A loaded pipeline serving one out folder (see the module docstring)."""
 
@@ -156,8 +139,8 @@ class Studio:
             "vary": callable(vary),
             "normalize": list(MODES),
             "formats": list(FORMATS),
-            "negative_prompt": _accepts(self.pipe.generate, "negative_prompt"),
-            "mask": callable(vary) and _accepts(vary, "mask"),
+            "negative_prompt": True,
+            "mask": callable(vary),
         }
 
     def info(self) -> dict[str, Any]:
@@ -240,11 +223,6 @@ class Studio:
             "seconds": req.seconds,
         }
         if req.negative_prompt is not None and req.negative_prompt.strip():
-            if not self.features()["negative_prompt"]:
-                raise NotAvailableError(
-                    "negative prompts are not available in this build of soundctm; leave "
-                    "negative_prompt out"
-                )
             arguments["negative_prompt"] = self._check_prompt(
                 req.negative_prompt, "negative_prompt"
             )
