@@ -246,3 +246,17 @@ def test_sample_options_stdin_formats_and_silence_warning(tmp_path):
     assert len(warnings) == 2 and "'a hum' (seed 1)" in warnings[0] and "silent" in warnings[0]
     r = run("sample", "-f", "-", "--model", quiet, "-o", out, input="# nothing\n")
     assert_one_line_error(r, "standard input has no prompts")
+
+
+@pytest.mark.slow
+def test_default_model_variations_drift_with_strength():
+    """The shipped model (mel autoencoder): similarity to a SynthCaps clip falls with strength."""
+    from soundctm.cli.models import default_model_path
+    from soundctm.engine.pipeline import Pipeline
+    from soundctm.eval.prompts import synthcaps_prompts
+
+    pipe = Pipeline.load(default_model_path())
+    ps = synthcaps_prompts(1, pipe.sample_rate, 3.0, seed=1)
+    audio = torch.from_numpy(ps.references[ps.keys[0]])
+    sims = similarities(pipe, audio, pipe.sample_rate, [0.1, 0.5, 0.9], seeds=(0,))
+    assert sims[0] > sims[1] > sims[2], sims
