@@ -72,6 +72,9 @@ def test_loudness_follows_bs1770():
     out, _gain, warning = normalize(x, RATE, "loudness", target_lufs=-1.0)
     assert peak_dbfs(out) == pytest.approx(CEILING_DB, abs=1e-3)
     assert warning is not None and "would clip" in warning
+    # below the -70 LUFS gate there is no integrated loudness: levelled by its peak instead
+    out, _, warning = normalize(tone(10 ** (-75 / 20)), RATE, "loudness")
+    assert peak_dbfs(out) == pytest.approx(FLOOR_DB, abs=1e-3) and "levelled by its peak" in warning
     # shorter than one 400 ms gating block: measured as one block of its own length
     short = tone(1.0, seconds=0.25, rate=48000)
     assert loudness_lufs(short, 48000) == pytest.approx(-3.01, abs=0.1)

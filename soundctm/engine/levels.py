@@ -11,7 +11,8 @@ Modes:
 - ``loudness``: the integrated loudness of ITU-R BS.1770-4 (pyloudnorm) is brought to
   ``target_lufs`` (-23 LUFS, EBU R128), then, if that would push the peak above
   ``ceiling_db``, the gain is lowered until it does not (the warning names the loudness
-  reached). Silence (below the -70 LUFS absolute gate) is left alone with a warning.
+  reached). A clip quieter than BS.1770's -70 LUFS absolute gate has no integrated loudness:
+  it is levelled as in ``peak`` mode, with a warning; silence is left alone with a warning.
 - ``none``: the model's output as it is (the file writer still clips to [-1, 1]).
 
 The gain applied is returned (and recorded in each sidecar), so the model's raw output is
@@ -115,9 +116,13 @@ def normalize(
             return Leveled(audio, 0.0, f"the output is silent (peak {_db(peak)} dBFS); kept as is")
         gain = peak_gain_db(peak, ceiling_db=ceiling_db, floor_db=floor_db)
         return Leveled(_scaled(audio, gain), gain, None)
+    if peak < silence_db:
+        return Leveled(audio, 0.0, f"the output is silent (peak {_db(peak)} dBFS); kept as is")
     lufs = loudness_lufs(audio, sample_rate)
-    if not math.isfinite(lufs) or peak < silence_db:
-        return Leveled(audio, 0.0, "the output is silent (below the -70 LUFS gate); kept as is")
+    if not math.isfinite(lufs):  # every block below the -70 LUFS gate: level it by its peak
+        gain = peak_gain_db(peak, ceiling_db=ceiling_db, floor_db=floor_db)
+        note = "below the -70 LUFS gate of BS.1770, so levelled by its peak"
+        return Leveled(_scaled(audio, gain), gain, f"the output is {note} ({gain:+.1f} dB)")
     gain = target_lufs - lufs
     warning = None
     if peak + gain > ceiling_db:

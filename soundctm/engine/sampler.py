@@ -290,6 +290,8 @@ class Sampler:
             out = fn(
                 model, x, sigmas, noise=PerSampleNoise(generators), callback=callback, **options
             )
+            if isinstance(model, Inpainting):  # the kept frames end as the input (method.md §8)
+                out = model.finish(out)
             audio = self.decode(out, plan.seconds if crops_to_clip(self.autoencoder) else None)
             emit(callback, BatchFinished(min(start + batch_size, total), total))
             yield Generation(

@@ -133,8 +133,9 @@ class Inpainting:
     For a denoiser, ``D' = keep x0 + (1 - keep) D``. For a CTM jump,
     ``G(x, t, s) = (s/t) x + (1 - s/t) g``, so replacing ``g`` by ``x0`` gives
     ``G' = keep ((s/t) x + (1 - s/t) x0) + (1 - keep) G``. Where ``x = x0 + t eps`` both give
-    ``x0 + s eps``: the kept region is the input noised to the level of each step, and the
-    last step returns it (up to ``sigma_min eps`` on a CTM grid).
+    ``x0 + s eps``: the kept region is the input noised to the level of each step. The last
+    step returns it (exactly on an ODE grid, which ends at 0; up to ``sigma_min eps`` on a CTM
+    grid, removed by :meth:`finish`).
     """
 
     def __init__(self, model: Any, x0: Tensor, keep: Tensor) -> None:
@@ -150,6 +151,11 @@ class Inpainting:
         out = self.model.jump(x, t, s)
         kept = (s / t) * x + (1.0 - s / t) * self.x0
         return torch.lerp(out, kept, self.keep)
+
+    def finish(self, x: Tensor) -> Tensor:
+        """The sampler's result with the kept region set to the input latent itself (a CTM
+        chain ends at ``sigma_min``, where the kept region is ``x0 + sigma_min eps``)."""
+        return torch.lerp(x, self.x0, self.keep)
 
 
 def latent_similarity(a: Tensor, b: Tensor) -> Tensor:
