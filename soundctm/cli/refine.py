@@ -22,38 +22,7 @@ from soundctm.cli.options import (
     steps_option,
 )
 from soundctm.config import RefineSettings, load_settings
-from soundctm.errors import AudioFileError, CheckpointError
-
-
-def vary_source(record: dict[str, Any], file: Path) -> tuple[Path, dict[str, Any]]:
-    """The input file of a variation's sidecar and what its refinement's sidecar repeats
-    (input, SHA-256, strength, mask), after checking that the input is unchanged."""
-    from soundctm.cli.vary import file_sha256
-
-    source = Path(str(record.get("vary_input") or ""))
-    if not source.is_file():
-        raise AudioFileError(
-            f"{file.name} is a variation of {source}, which is gone; restore it to refine"
-        )
-    if file_sha256(source) != record.get("vary_input_sha256"):
-        raise AudioFileError(
-            f"{source} has changed since {file.name} was made from it, so the refined sound "
-            "would differ; restore the original input to refine"
-        )
-    try:
-        mask = [(float(a), float(b)) for a, b in record.get("mask") or []]
-        strength = float(record["strength"])
-    except (TypeError, ValueError) as exc:
-        raise AudioFileError(
-            f"the sidecar of {file.name} has a bad strength or mask ({exc})"
-        ) from exc
-    extra = {
-        "vary_input": str(source),
-        "vary_input_sha256": record["vary_input_sha256"],
-        "strength": strength,
-        "mask": [[a, b] for a, b in mask],
-    }
-    return source, extra
+from soundctm.errors import CheckpointError
 
 
 def refine(
@@ -129,8 +98,9 @@ def refine(
 
     from soundctm.cli.models import load_model
     from soundctm.cli.progress import GenerationProgress
+    from soundctm.engine.audio_io import variation_source
 
-    variation = vary_source(record, file) if "strength" in record else None
+    variation = variation_source(record, file) if "strength" in record else None
     pipe = load_model(model_dir, settings.device, settings.dtype)
     card_hash = card_sha256(model_dir)
     started = time.perf_counter()

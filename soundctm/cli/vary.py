@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import secrets
 import time
@@ -62,15 +61,6 @@ def parse_mask(spans: list[str] | None) -> list[tuple[float, float]]:
     return out
 
 
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_input(path: Path, sample_rate: int) -> Any:
     """The input of a variation as mono audio at ``sample_rate`` (decoded by soundfile,
     resampled with soxr), with a one-line error for a missing or non-audio file."""
@@ -79,16 +69,6 @@ def read_input(path: Path, sample_rate: int) -> Any:
     if not path.is_file():
         raise AudioFileError(f"input {path} does not exist; give an audio file (wav, flac, ...)")
     return read_audio(path, sample_rate)
-
-
-def vary_record(path: Path, strength: float, mask: list[tuple[float, float]]) -> dict[str, Any]:
-    """What a variation's sidecar adds: the input (absolute path, SHA-256), strength, mask."""
-    return {
-        "vary_input": str(path.resolve()),
-        "vary_input_sha256": file_sha256(path),
-        "strength": float(strength),
-        "mask": [[a, b] for a, b in mask],
-    }
 
 
 def vary(
@@ -174,12 +154,13 @@ def vary(
         chosen = DEFAULT_MASK_STRENGTH if spans else DEFAULT_STRENGTH
 
     from soundctm.cli.models import load_model, resolve_model_source
+    from soundctm.engine.audio_io import variation_record
     from soundctm.engine.checkpoint import card_sha256, read_card
 
     model_dir, hub = resolve_model_source(settings.model)
     card = read_card(model_dir)
     audio = read_input(input_file, card.sample_rate)
-    record = vary_record(input_file, chosen, spans)
+    record = variation_record(input_file, chosen, spans)
     status = err_console.status("loading model", spinner="dots")
     with status if err_console.is_terminal else contextlib.nullcontext():
         pipe = load_model(model_dir, settings.device, settings.dtype)

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +18,7 @@ import soundfile as sf
 from torch import Tensor
 
 from soundctm._version import __version__
+from soundctm.engine.checkpoint import sha256_file
 from soundctm.engine.files import atomic_path, probe_write, write_error
 from soundctm.engine.plan import SampleParams
 from soundctm.errors import AudioFileError, InvalidArgumentError, StorageError
@@ -237,3 +238,40 @@ def _optional_text(value: Any) -> str | None:
     if not isinstance(value, str):
         raise TypeError(f"negative_prompt must be text, got {value!r}")
     return value
+
+
+def variation_record(
+    path: Path, strength: float, mask: Sequence[tuple[float, float]]
+) -> dict[str, Any]:
+    """What a variation's sidecar adds: the input (absolute path, SHA-256), strength, mask."""
+    return {
+        "vary_input": str(path.resolve()),
+        "vary_input_sha256": sha256_file(path),
+        "strength": float(strength),
+        "mask": [[a, b] for a, b in mask],
+    }
+
+
+def variation_source(record: dict[str, Any], file: Path) -> tuple[Path, dict[str, Any]]:
+    """The input file of a variation's sidecar and what its refinement's sidecar repeats
+    (input, SHA-256, strength, mask), after checking that the input is unchanged."""
+    source = Path(str(record.get("vary_input") or ""))
+    if not source.is_file():
+        raise AudioFileError(
+            f"{file.name} is a variation of {source}, which is gone; restore it to refine"
+        )
+    if sha256_file(source) != record.get("vary_input_sha256"):
+        raise AudioFileError(
+            f"{source} has changed since {file.name} was made from it, so the refined sound "
+            "would differ; restore the original input to refine"
+        )
+    try:
+        mask = [(float(a), float(b)) for a, b in record.get("mask") or []]
+        strength = float(record["strength"])
+    except (TypeError, ValueError) as exc:
+        raise AudioFileError(
+            f"the sidecar of {file.name} has a bad strength or mask ({exc})"
+        ) from exc
+    return source, variation_record(source, strength, mask) | {
+        "vary_input_sha256": record["vary_input_sha256"]
+    }

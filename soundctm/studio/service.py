@@ -29,10 +29,16 @@ import numpy as np
 import soundfile as sf
 
 from soundctm._version import __version__
-from soundctm.cli.refine import vary_source
-from soundctm.cli.vary import vary_record
 from soundctm.engine.audio import read_audio
-from soundctm.engine.audio_io import FORMATS, free_stem, params_from_record, save_sample, slug
+from soundctm.engine.audio_io import (
+    FORMATS,
+    free_stem,
+    params_from_record,
+    save_sample,
+    slug,
+    variation_record,
+    variation_source,
+)
 from soundctm.engine.files import atomic_path, ensure_writable_dir
 from soundctm.engine.levels import MODES
 from soundctm.errors import AudioFileError, CheckpointError, InvalidArgumentError, SoundCTMError
@@ -279,7 +285,7 @@ class Studio:
             req.normalize or str(take.record.get("normalize") or "none"),
             req.format or take.audio.suffix.lstrip(".").lower(),
         )
-        variation = vary_source(take.record, take.audio) if "strength" in take.record else None
+        variation = variation_source(take.record, take.audio) if "strength" in take.record else None
         extra = {"refined_from": str(take.audio.resolve()), "refined_from_steps": params.steps}
 
         def work(callback: Callable[[Event], None]) -> list[str]:
@@ -334,7 +340,7 @@ class Studio:
                 raise InvalidArgumentError(f"mask span {a:g}:{b:g} needs 0 <= start < end")
         level = Level(req.normalize or MODES[0], req.format or "wav")
         seeds = self._seeds(req.seed, n)
-        extra = vary_record(source, req.strength, mask)
+        extra = variation_record(source, req.strength, mask)
         rate = int(self.pipe.sample_rate)
         audio = read_audio(source, rate)  # a broken input fails the request, not the job
 
