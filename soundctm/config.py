@@ -201,7 +201,15 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: Settings that must not change when a run is resumed (its data order and noise depend on
     #: them, or the saved weights would not fit).
-    resume_keys: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum", "seed", "freeze")
+    resume_keys: ClassVar[tuple[str, ...]] = (
+        "batch_size",
+        "grad_accum",
+        "seed",
+        "freeze",
+        "lora_rank",
+        "lora_alpha",
+        "lora_targets",
+    )
 
     out: Path = Path("runs/teacher")
     dataset: ComponentSpec = ComponentSpec(name="synthcaps", params={"split": "train"})
@@ -229,6 +237,20 @@ class TrainingConfig(BaseModel):
     #: ``fnmatch`` patterns of parameter names (``backbone.blocks.0.*``) kept frozen.
     freeze: list[str] = Field(default_factory=list)
     warmup_steps: int = Field(default=0, ge=0)
+    #: LoRA (method.md §8): adapters of this rank on the backbone's attention and feed-forward
+    #: linears (0: off, a full fine-tune); ``lora_alpha`` (default: the rank) scales them;
+    #: ``lora_targets`` (``fnmatch`` on module names) replaces the backbone's own choice.
+    lora_rank: int = Field(default=0, ge=0)
+    lora_alpha: Positive | None = None
+    lora_targets: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _lora(self) -> TrainingConfig:
+        if self.lora_rank and self.init_from is None:
+            raise ValueError("lora_rank needs init_from (the model whose backbone it adapts)")
+        if not self.lora_rank and (self.lora_alpha is not None or self.lora_targets):
+            raise ValueError("lora_alpha and lora_targets need lora_rank >= 1")
+        return self
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -294,6 +316,15 @@ class TeacherConfig(TrainingConfig):
     def _consistent(self) -> TeacherConfig:
         if self.init_components is not None and self.init_from is None:
             raise ValueError("init_components needs init_from (the model to take them from)")
+        everything = {"backbone", "text_encoder", "autoencoder"}
+        if (
+            self.lora_rank
+            and self.init_components is not None
+            and (set(self.init_components) != everything)
+        ):
+            raise ValueError(
+                "a LoRA run adapts the whole model of init_from: leave init_components out"
+            )
         if self.decay_steps > self.steps:
             raise ValueError(
                 "decay_steps must be in [0, steps] (the last decay_steps steps anneal lr to 0)"

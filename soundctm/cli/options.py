@@ -208,6 +208,25 @@ TRAINING_OPTIONS: dict[str, Any] = {
             "'backbone.blocks.0.*'); repeatable.",
         ),
     ],
+    "lora_rank": Annotated[
+        int | None,
+        _opt(
+            "--lora-rank",
+            text="Train LoRA adapters of this rank on the --init-from model's attention and "
+            "feed-forward linears instead of all weights (0: off).",
+        ),
+    ],
+    "lora_alpha": Annotated[
+        float | None, _opt("--lora-alpha", text="LoRA scale alpha (default: the rank).")
+    ],
+    "lora_targets": Annotated[
+        list[str] | None,
+        _opt(
+            "--lora-target",
+            text="Adapt the linears whose module name matches this pattern (fnmatch) instead "
+            "of the backbone's default layers; repeatable.",
+        ),
+    ],
     "warmup_steps": Annotated[
         int | None, _opt("--warmup-steps", text="Linear learning-rate warm-up steps.")
     ],

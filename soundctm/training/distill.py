@@ -51,11 +51,13 @@ from soundctm.training.ctm_losses import (
 )
 from soundctm.training.data import UNUSABLE_FILES, build_dataset, dataset_report, drop_captions
 from soundctm.training.finetune import (
+    Parent,
     apply_freeze,
     component_mismatch,
     named_parameters,
     parameter_report,
     resolve_parent,
+    start_lora,
     take_components,
     trainable_parameters,
 )
@@ -105,12 +107,13 @@ def student_parent(
     state_path: Path | None,
     registry: Registry,
     callback: Callback | None,
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, Parent | None]:
     """``init_from``: a student (``ctm``) checkpoint of the teacher's design whose backbone
     replaces the one copied from the teacher (a fresh run only: a resumed state wins). Its text
-    encoder and autoencoder must be the teacher's. Returns what the card records of it."""
+    encoder and autoencoder must be the teacher's. Returns what the card records of it and the
+    parent."""
     if spec.init_from is None:
-        return None
+        return None, None
     parent = resolve_parent(spec.init_from, registry, callback)
     if parent.card.kind != STUDENT:
         raise InvalidArgumentError(
@@ -134,7 +137,7 @@ def student_parent(
     if state_path is None:
         take_components(parent, ["backbone"], {"backbone": backbone}, cards)
         emit(callback, Message(f"student weights from {spec.init_from}"))
-    return {**parent.record, "components": ["backbone"]}
+    return {**parent.record, "components": ["backbone"]}, parent
 
 
 def build_student(teacher: Pipeline, registry: Registry) -> tuple[nn.Module, list[str]]:
@@ -154,12 +157,13 @@ def build_student(teacher: Pipeline, registry: Registry) -> tuple[nn.Module, lis
 
 def adaptive_layer(backbone: nn.Module) -> Tensor:
     """The weight ``W`` of the adaptive DSM weight (method.md §4.7): the backbone's declared
-    last layer (:func:`~soundctm.engine.components.last_layer`), else its last parameter with
-    two or more dimensions."""
+    last layer (:func:`~soundctm.engine.components.last_layer`), else (none declared, or it is
+    frozen: ``--freeze``, LoRA) its last trainable parameter with two or more dimensions."""
     layer = last_layer(backbone)
-    if layer is not None:
+    if layer is not None and layer.requires_grad:
         return layer
-    matrices = [p for p in backbone.parameters() if p.ndim >= 2]
+    # frozen (--freeze, LoRA): the last trainable matrix, e.g. the last adapter's B
+    matrices = [p for p in backbone.parameters() if p.ndim >= 2 and p.requires_grad]
     if not matrices:
         raise PluginError("the backbone has no weight matrix to use as its last layer")
     return matrices[-1]
@@ -209,7 +213,14 @@ def distill_run(
             f"student initialised from the teacher; new parameters: {', '.join(fresh) or 'none'}"
         ),
     )
-    started_from = student_parent(spec, teacher, student_backbone, state_path, registry, callback)
+    started_from, parent = student_parent(
+        spec, teacher, student_backbone, state_path, registry, callback
+    )
+    lora = None
+    if spec.lora_rank and parent is not None:
+        lora = start_lora(
+            student_backbone, parent, spec.lora_rank, spec.lora_alpha, spec.lora_targets
+        )
     student = CTM(student_backbone, tcard.sigma_data, STUDENT).to(device).train()
     apply_freeze(named_parameters({"backbone": student_backbone}), spec.freeze)
     parameter_report(
@@ -341,6 +352,7 @@ def distill_run(
         card = student_card(spec, teacher, at)
         if started_from is not None:
             card.provenance["init_from"] = started_from
+        card.lora = lora
         snap = Pipeline(
             card,
             weights,

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from soundctm.engine.checkpoint import (
     COMPONENT_KINDS,
     ComponentCard,
+    LoraCard,
     ModelCard,
     card_sha256,
     read_card,
@@ -36,6 +37,7 @@ from soundctm.engine.checkpoint import (
 )
 from soundctm.engine.hub import is_hub_id
 from soundctm.engine.hub import resolve as resolve_hub
+from soundctm.engine.lora import add_lora, target_layers
 from soundctm.errors import CheckpointError, InvalidArgumentError
 from soundctm.events import Callback, ParameterReport, emit
 
@@ -167,6 +169,33 @@ def take_components(
     return loaded
 
 
+def parent_identity(parent: Parent) -> str:
+    """How a LoRA card names its parent: ``hf:REPO@COMMIT[#VARIANT]`` (pinned to the commit
+    it was converted from) or the absolute folder."""
+    record = parent.record
+    if "repo" in record:
+        variant = f"#{record['variant']}" if record.get("variant") else ""
+        return f"hf:{record['repo']}@{record['commit']}{variant}"
+    return str(record["path"])
+
+
+def start_lora(
+    backbone: nn.Module, parent: Parent, rank: int, alpha: float | None, targets: list[str] | None
+) -> LoraCard:
+    """Put LoRA adapters on ``backbone`` (its base weights frozen) and return the card entry
+    that ties the adapter to ``parent``."""
+    layers = target_layers(backbone, targets)
+    alpha = float(alpha if alpha is not None else rank)
+    add_lora(backbone, layers, rank, alpha)
+    return LoraCard(
+        parent=parent_identity(parent),
+        parent_card_sha256=parent.record["card_sha256"],
+        rank=rank,
+        alpha=alpha,
+        layers=layers,
+    )
+
+
 def named_parameters(components: dict[str, Any]) -> dict[str, nn.Parameter]:
     """Every parameter of the torch ``components`` as ``<kind>.<name>`` (shared ones once)."""
     out: dict[str, nn.Parameter] = {}
@@ -235,7 +264,9 @@ __all__ = [
     "named_parameters",
     "parameter_report",
     "parent_components",
+    "parent_identity",
     "resolve_parent",
+    "start_lora",
     "state_mismatch",
     "take_components",
     "trainable_parameters",

@@ -42,6 +42,7 @@ from soundctm.training.finetune import (
     parameter_report,
     parent_components,
     resolve_parent,
+    start_lora,
     take_components,
     trainable_parameters,
 )
@@ -209,6 +210,11 @@ def teacher_run(
         if state_path is None:
             take_components(parent, take, components, pipe.card.components)
         started_from = {**parent.record, "components": take}
+    lora = None
+    if spec.lora_rank and parent is not None:
+        lora = start_lora(
+            pipe.ctm.backbone, parent, spec.lora_rank, spec.lora_alpha, spec.lora_targets
+        )
     for comp in (pipe.text_encoder, pipe.autoencoder):
         if isinstance(comp, nn.Module):
             comp.to(device).requires_grad_(False)
@@ -302,6 +308,7 @@ def teacher_run(
         )
         if started_from is not None:
             card.provenance["init_from"] = started_from
+        card.lora = lora
         snap = Pipeline(card, weights, pipe.text_encoder, pipe.autoencoder, registry=pipe.registry)
         snap.device = device
         return snap
