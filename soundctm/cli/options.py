@@ -206,6 +206,7 @@ TRAINING_OPTIONS: dict[str, Any] = {
             "--freeze",
             text="Keep the parameters matching this pattern frozen (fnmatch on names such as "
             "'backbone.blocks.0.*'); repeatable.",
+            metavar="<pattern>",
         ),
     ],
     "lora_rank": Annotated[
@@ -225,6 +226,7 @@ TRAINING_OPTIONS: dict[str, Any] = {
             "--lora-target",
             text="Adapt the linears whose module name matches this pattern (fnmatch) instead "
             "of the backbone's default layers; repeatable.",
+            metavar="<pattern>",
         ),
     ],
     "warmup_steps": Annotated[

@@ -69,6 +69,8 @@ def resolve_parent(model: str | Path, registry: Any, callback: Callback | None =
             )
         record["path"] = str(path.resolve())
     card = read_card(path)
+    if "repo" in record and "variant" not in record and card.provenance.get("variant"):
+        record["variant"] = card.provenance["variant"]  # the importer's default, named
     record["card_sha256"] = card_sha256(path)
     return Parent(path, card, record)
 
