@@ -51,6 +51,7 @@ def shrunk(recipe: Path, out: Path, replacements: dict[str, str]) -> Path:
     return out
 
 
+@pytest.mark.slow  # about 40 s of CPU (three CLI runs: train, distill, sample)
 def test_dit_teacher_from_the_official_components_then_distil_then_sample(tmp_path, monkeypatch):
     import huggingface_hub
 

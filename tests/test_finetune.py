@@ -223,7 +223,7 @@ def test_resume_wins_over_init_from(tmp_path, parent):
 def test_distill_init_from_a_student(tmp_path, parent):
     data = ComponentCard(name="toy-tones", params={"size": 16})
     common = dict(teacher=parent, dataset=data, batch_size=4, lr=1e-3, w_min=1.0, w_max=3.0)
-    first = distill(DistillConfig(out=tmp_path / "s1", steps=2, save_every=2, **common))
+    first = distill(DistillConfig(out=tmp_path / "s1", steps=1, save_every=1, **common))
     events: list[object] = []
     spec = DistillConfig(
         out=tmp_path / "s2",

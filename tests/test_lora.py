@@ -206,6 +206,7 @@ def test_lora_settings_are_checked(tmp_path, parent):
         train_teacher(spec)
 
 
+@pytest.mark.slow  # two DiT distillations with the feature distance
 def test_distill_with_lora_on_a_student(tmp_path, parent):
     common = dict(teacher=parent, dataset=DATA, batch_size=2, lr=1e-2, w_min=1.0, w_max=3.0,
                   grid_n=6, save_every=1, log_every=1)  # fmt: skip
