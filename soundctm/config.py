@@ -240,7 +240,15 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: Settings that must not change when a run is resumed (its data order and noise depend on
     #: them, or the saved weights would not fit).
-    resume_keys: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum", "seed")
+    resume_keys: ClassVar[tuple[str, ...]] = (
+        "batch_size",
+        "grad_accum",
+        "seed",
+        "freeze",
+        "lora_rank",
+        "lora_alpha",
+        "lora_targets",
+    )
 
     out: Path = Path("runs/teacher")
     dataset: ComponentSpec = ComponentSpec(name="synthcaps", params={"split": "train"})
@@ -262,6 +270,26 @@ class TrainingConfig(BaseModel):
     omega: NonNegative = 3.0
     preview_prompts: list[str] = Field(default_factory=list)
     tracker: str | None = None
+    #: Start from this model's weights (a checkpoint folder, an imported model or ``hf:...``),
+    #: with a fresh optimizer and schedule; a resumable state in ``out`` wins over it.
+    init_from: str | None = None
+    #: ``fnmatch`` patterns of parameter names (``backbone.blocks.0.*``) kept frozen.
+    freeze: list[str] = Field(default_factory=list)
+    warmup_steps: int = Field(default=0, ge=0)
+    #: LoRA (method.md §10): adapters of this rank on the backbone's attention and feed-forward
+    #: linears (0: off, a full fine-tune); ``lora_alpha`` (default: the rank) scales them;
+    #: ``lora_targets`` (``fnmatch`` on module names) replaces the backbone's own choice.
+    lora_rank: int = Field(default=0, ge=0)
+    lora_alpha: Positive | None = None
+    lora_targets: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _lora(self) -> TrainingConfig:
+        if self.lora_rank and self.init_from is None:
+            raise ValueError("lora_rank needs init_from (the model whose backbone it adapts)")
+        if not self.lora_rank and (self.lora_alpha is not None or self.lora_targets):
+            raise ValueError("lora_alpha and lora_targets need lora_rank >= 1")
+        return self
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -299,7 +327,8 @@ class TeacherConfig(TrainingConfig):
     autoencoder: ComponentSpec = ComponentSpec(name="mel")
     valid_dataset: ComponentSpec | None = None
     weight_decay: NonNegative = 0.0
-    warmup_steps: int = Field(default=0, ge=0)
+    #: The components ``init_from`` provides (default: all three).
+    init_components: list[str] | None = None
     decay_steps: int = Field(default=0, ge=0)
     sigma_data: Positive = 0.5
     seconds: Positive = 3.0
@@ -308,8 +337,33 @@ class TeacherConfig(TrainingConfig):
     heldout_clips: Steps = 32
     preview_steps: Steps = 18
 
+    @field_validator("init_components", mode="before")
+    @classmethod
+    def _split_components(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("init_components")
+    @classmethod
+    def _known_components(cls, value: list[str] | None) -> list[str] | None:
+        kinds = ("backbone", "text_encoder", "autoencoder")
+        bad = [k for k in value or [] if k not in kinds]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a component; choose from {', '.join(kinds)}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TeacherConfig:
+        if self.init_components is not None and self.init_from is None:
+            raise ValueError("init_components needs init_from (the model to take them from)")
+        everything = {"backbone", "text_encoder", "autoencoder"}
+        if (
+            self.lora_rank
+            and self.init_components is not None
+            and (set(self.init_components) != everything)
+        ):
+            raise ValueError(
+                "a LoRA run adapts the whole model of init_from: leave init_components out"
+            )
         if self.decay_steps > self.steps:
             raise ValueError(
                 "decay_steps must be in [0, steps] (the last decay_steps steps anneal lr to 0)"

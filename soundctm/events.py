@@ -106,3 +106,13 @@ class EvalTick:
 
     done: int
     total: int
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """A training run's parameters: ``trainable`` and ``frozen`` in all, and per component
+    ``(kind, trainable, frozen)`` (``--freeze``; text encoders and autoencoders stay frozen)."""
+
+    trainable: int
+    frozen: int
+    components: tuple[tuple[str, int, int], ...] = ()

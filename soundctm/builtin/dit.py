@@ -413,6 +413,17 @@ class DiT(nn.Module, TeacherFeatures, HasLastLayer, HasMaxFrames, ExpandsParams,
     frames (:func:`patchify`); ``features`` then have ``ceil(T / p)`` positions.
     """
 
+    #: LoRA's default layers (``--lora-rank``): the attention and feed-forward linears.
+    lora_targets = (
+        "blocks.*.self_attn.qkv",
+        "blocks.*.self_attn.out",
+        "blocks.*.cross_attn.q",
+        "blocks.*.cross_attn.kv",
+        "blocks.*.cross_attn.out",
+        "blocks.*.mlp.inp",
+        "blocks.*.mlp.out",
+    )
+
     @staticmethod
     def expand_params(params: dict[str, Any]) -> dict[str, Any]:
         """Card parameters from user parameters: ``{"preset": "small", "student": true}``

@@ -206,6 +206,17 @@ class OfficialDiT(
     the adaptive DSM weight (``ctm/karras_diffusion.py``), and the one next to the output.
     """
 
+    #: LoRA's default layers (``--lora-rank``): the attention and SwiGLU feed-forward linears.
+    lora_targets = (
+        "transformer.layers.*.self_attn.to_qkv",
+        "transformer.layers.*.self_attn.to_out",
+        "transformer.layers.*.cross_attn.to_q",
+        "transformer.layers.*.cross_attn.to_kv",
+        "transformer.layers.*.cross_attn.to_out",
+        "transformer.layers.*.ff.ff.0.proj",
+        "transformer.layers.*.ff.ff.2",
+    )
+
     @staticmethod
     def expand_params(params: dict[str, Any]) -> dict[str, Any]:
         """``{"preset": "v1", "student": true}`` becomes the preset's explicit arguments."""

@@ -132,6 +132,17 @@ class UNet2DBackbone(nn.Module):
                 raise InvalidArgumentError("the unet2d student needs a plain timestep embedding")
             self.unet.time_embedding.__class__ = OmegaTimestepEmbedding
 
+    #: LoRA's default layers (``--lora-rank``): the transformer blocks' attention projections
+    #: and feed-forward linears (the layers diffusers' own PEFT LoRA adapts).
+    lora_targets = (
+        "unet.*.transformer_blocks.*.attn1.to_[qkv]",
+        "unet.*.transformer_blocks.*.attn1.to_out.0",
+        "unet.*.transformer_blocks.*.attn2.to_[qkv]",
+        "unet.*.transformer_blocks.*.attn2.to_out.0",
+        "unet.*.transformer_blocks.*.ff.net.0.proj",
+        "unet.*.transformer_blocks.*.ff.net.2",
+    )
+
     @staticmethod
     def expand_params(params: dict[str, Any]) -> dict[str, Any]:
         """Cards hold the full configuration, so a card names every size it was built with."""

@@ -17,7 +17,7 @@ from soundctm.cli.options import (
     out_option,
     with_options,
 )
-from soundctm.cli.train import run_training
+from soundctm.cli.train import given_flags, run_training
 from soundctm.config import DistillSettings, load_settings
 from soundctm.errors import InvalidArgumentError
 
@@ -70,7 +70,7 @@ def distill(
     """
     settings = load_settings(
         DistillSettings, config, teacher=teacher, out=out, lr=lr, distance=distance,
-        keep_teacher=keep_teacher, trajectory_cache=trajectory_cache, **flags,
+        keep_teacher=keep_teacher, trajectory_cache=trajectory_cache, **given_flags(flags),
     )  # fmt: skip
     if settings.teacher is None:
         raise InvalidArgumentError(

@@ -229,6 +229,46 @@ TRAINING_OPTIONS: dict[str, Any] = {
     "tracker": Annotated[
         str | None, _opt("--tracker", text="Also log to this accelerate tracker (tensorboard).")
     ],
+    "init_from": Annotated[
+        str | None,
+        _opt(
+            "--init-from",
+            text="Start from this model's weights (checkpoint folder, imported model or "
+            "hf:OWNER/REPO) with a fresh optimizer; a state in --out (--resume) wins.",
+        ),
+    ],
+    "freeze": Annotated[
+        list[str] | None,
+        _opt(
+            "--freeze",
+            text="Keep the parameters matching this pattern frozen (fnmatch on names such as "
+            "'backbone.blocks.0.*'); repeatable.",
+            metavar="<pattern>",
+        ),
+    ],
+    "lora_rank": Annotated[
+        int | None,
+        _opt(
+            "--lora-rank",
+            text="Train LoRA adapters of this rank on the --init-from model's attention and "
+            "feed-forward linears instead of all weights (0: off).",
+        ),
+    ],
+    "lora_alpha": Annotated[
+        float | None, _opt("--lora-alpha", text="LoRA scale alpha (default: the rank).")
+    ],
+    "lora_targets": Annotated[
+        list[str] | None,
+        _opt(
+            "--lora-target",
+            text="Adapt the linears whose module name matches this pattern (fnmatch) instead "
+            "of the backbone's default layers; repeatable.",
+            metavar="<pattern>",
+        ),
+    ],
+    "warmup_steps": Annotated[
+        int | None, _opt("--warmup-steps", text="Linear learning-rate warm-up steps.")
+    ],
 }
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the newest state in --out.")]
 ResumeFrom = Annotated[Path | None, _opt("--resume-from", text="Continue from this state folder.")]

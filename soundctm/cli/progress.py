@@ -114,7 +114,13 @@ class TrainProgress:
         self.console.print(text, highlight=False, soft_wrap=True, markup=False)
 
     def __call__(self, event: object) -> None:
-        from soundctm.events import CheckpointSaved, Message, TrainLog, TrainStarted
+        from soundctm.events import (
+            CheckpointSaved,
+            Message,
+            ParameterReport,
+            TrainLog,
+            TrainStarted,
+        )
 
         if isinstance(event, TrainStarted):
             self.progress.update(self.task, total=event.total_steps, completed=event.start_step)
@@ -138,6 +144,19 @@ class TrainProgress:
             self._line(f"checkpoint {event.path}{extra}")
         elif isinstance(event, Message):
             self._line(event.text)
+        elif isinstance(event, ParameterReport):
+            parts = ", ".join(
+                f"{kind} {_millions(t)}/{_millions(f)}" for kind, t, f in event.components
+            )
+            self._line(
+                f"parameters: {_millions(event.trainable)} trainable, {_millions(event.frozen)} "
+                f"frozen (trainable/frozen: {parts})"
+            )
+
+
+def _millions(count: int) -> str:
+    """A parameter count in millions (``1.23M``)."""
+    return f"{count / 1e6:.2f}M"
 
 
 class EvalProgress:

@@ -21,6 +21,12 @@ from soundctm.cli.options import (
 from soundctm.config import TrainingConfig, TrainSettings, load_settings
 
 
+def given_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The shared training flags with a repeatable option given no times (an empty list) made
+    ``None``, "not given", so the config file's value stands."""
+    return {k: (None if v == [] else v) for k, v in flags.items()}
+
+
 def run_training(
     train: Callable[..., Path], settings: TrainingConfig, resume: Path | bool | None
 ) -> Path:
@@ -37,6 +43,15 @@ def train(
     config: config_option("train", "configures the run") = None,  # type: ignore[valid-type]
     out: out_option("runs/teacher", "Run folder") = None,  # type: ignore[valid-type]
     lr: lr_option("2e-4, AdamW") = None,  # type: ignore[valid-type]
+    init_components: Annotated[
+        str | None,
+        typer.Option(
+            "--init-components",
+            help="Comma-separated components --init-from provides: backbone, text_encoder, "
+            "autoencoder (default: all).",
+            show_default=False,
+        ),
+    ] = None,
     latent_cache: Annotated[
         bool | None,
         typer.Option(
@@ -55,7 +70,13 @@ def train(
     --resume), metrics.jsonl and audio previews.
     """
     settings = load_settings(
-        TrainSettings, config, out=out, lr=lr, latent_cache=latent_cache, **flags
+        TrainSettings,
+        config,
+        out=out,
+        lr=lr,
+        latent_cache=latent_cache,
+        init_components=init_components,
+        **given_flags(flags),
     )
     from soundctm.training.teacher import train_teacher
 

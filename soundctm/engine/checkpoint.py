@@ -56,6 +56,21 @@ class SamplingDefaults(BaseModel):
     omega: float = 5.0
 
 
+class LoraCard(BaseModel):
+    """What a LoRA checkpoint's card says of its adapter (:mod:`soundctm.engine.lora`): the
+    ``parent`` model it adapts (an absolute folder or a hub id), the SHA-256 of the parent's
+    ``model.json`` (a parent that differs is refused), ``rank``, ``alpha`` and the adapted
+    backbone ``layers``. The backbone file then holds only the adapter tensors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parent: str
+    parent_card_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    rank: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    layers: list[str] = Field(min_length=1)
+
+
 class ModelCard(BaseModel):
     """The ``model.json`` card of a checkpoint (format version 1)."""
 
@@ -74,6 +89,8 @@ class ModelCard(BaseModel):
     components: dict[str, ComponentCard]
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
     provenance: dict[str, Any] = Field(default_factory=dict)
+    #: Set on a LoRA checkpoint: the parent it adapts (see :class:`LoraCard`).
+    lora: LoraCard | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ModelCard:
@@ -92,6 +109,8 @@ class ModelCard(BaseModel):
     def to_json(self, *, with_files: bool = True) -> str:
         """The card as JSON text (without file names and hashes if ``with_files`` is False)."""
         data = self.model_dump(mode="json")
+        if data.get("lora") is None:  # only LoRA checkpoints carry the entry
+            data.pop("lora", None)
         if not with_files:
             for comp in data["components"].values():
                 comp["file"] = None

@@ -17,6 +17,7 @@ capability                what it is                                      used b
 :class:`OnnxExportable`   ``onnx_export() -> OnnxGraph``                  ``soundctm export``
 :class:`PhaseRetrieval`   ``phase_retrieval``: decoder retrieves phase    export checks
 :class:`CheckpointWeights` ``checkpoint_weights``: store weights or not   checkpoints
+:class:`LoraTargets`      ``lora_targets``: layers LoRA adapts            ``--lora-rank``
 solver options            keyword options beyond the shared signature     sampling plans
 ========================  ==============================================  =====================
 
@@ -139,6 +140,14 @@ class HasMaxFrames(Protocol):
     """A backbone that accepts at most ``max_frames`` latent frames (``None``: no limit)."""
 
     max_frames: int | None
+
+
+@runtime_checkable
+class LoraTargets(Protocol):
+    """A backbone that names the ``nn.Linear`` layers LoRA adapts by default (``--lora-rank``):
+    ``fnmatch`` patterns over its module names (its attention and feed-forward linears)."""
+
+    lora_targets: tuple[str, ...]
 
 
 @runtime_checkable
@@ -288,6 +297,11 @@ def crops_to_clip(autoencoder: object) -> bool:
     return isinstance(autoencoder, CropsToClip) and bool(autoencoder.crop_to_clip)
 
 
+def lora_targets(backbone: object) -> tuple[str, ...]:
+    """The default LoRA layer patterns of ``backbone`` (empty: none declared)."""
+    return tuple(backbone.lora_targets) if isinstance(backbone, LoraTargets) else ()
+
+
 def checkpoint_weights(component: object) -> bool:
     """Whether a torch component's weights belong in the checkpoint (default: yes)."""
     return not isinstance(component, CheckpointWeights) or bool(component.checkpoint_weights)
@@ -322,6 +336,7 @@ __all__ = [
     "ExpandsParams",
     "HasLastLayer",
     "HasMaxFrames",
+    "LoraTargets",
     "OnnxExportable",
     "OnnxGraph",
     "PhaseRetrieval",
@@ -334,6 +349,7 @@ __all__ = [
     "declared_parameter_count",
     "expand_params",
     "last_layer",
+    "lora_targets",
     "max_frames",
     "onnx_exportable",
     "onnx_graph",

@@ -113,9 +113,59 @@ def pack_checkpoint(
     return dst
 
 
+def merge_lora_checkpoint(
+    src: str | Path, dst: str | Path, *, dtype: str = "float16", omega: float | None = None
+) -> Path:
+    """Write the LoRA checkpoint ``src`` (:mod:`soundctm.engine.lora`) as an ordinary checkpoint
+    ``dst``: its parent's weights with the adapter folded in (``W + (alpha / r) B A``), cast to
+    ``dtype``. The card drops ``lora`` and records it under ``provenance.merged_lora``."""
+    from soundctm.engine.lora import merged_state
+    from soundctm.engine.pipeline import Pipeline, checkpoint_state
+
+    src, dst = Path(src), Path(dst)
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if omega is not None and not (math.isfinite(omega) and omega >= 0):
+        raise InvalidArgumentError(f"omega must be a finite number >= 0, got {omega}")
+    if not (src / "model.json").is_file():
+        raise CheckpointError(f"{src} is not a checkpoint folder (no model.json)")
+    if read_card(src).lora is None:
+        raise InvalidArgumentError(
+            f"{src} is not a LoRA checkpoint (its card has no lora entry); pack it without "
+            "--merge-lora"
+        )
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise InvalidArgumentError(f"the merged copy {dst} must lie outside {src}")
+    pipe = Pipeline.load(src)
+    card = pipe.card.model_copy(deep=True)
+    lora = card.lora
+    assert lora is not None
+    card.lora = None
+    card.provenance["merged_lora"] = {"source": str(src.resolve()), **lora.model_dump()}
+    card.provenance["packed"] = {"dtype": dtype, "source": src.resolve().name}
+    if omega is not None:
+        card.defaults.omega = omega
+        card.provenance["packed"]["omega"] = omega
+    weights = {
+        "backbone": merged_state(pipe.ctm.backbone),
+        "text_encoder": checkpoint_state(pipe.text_encoder),
+        "autoencoder": checkpoint_state(pipe.autoencoder),
+    }
+    for kind, state in weights.items():
+        check_castable(state, DTYPES[dtype], f"{src} ({kind})")
+        weights[kind] = cast_floating(state, DTYPES[dtype])
+    return save_checkpoint(dst, card, weights)
+
+
 def weights_bytes(path: str | Path) -> int:
     """Total size of the safetensors files of a checkpoint folder and its subfolders."""
     return sum(f.stat().st_size for f in Path(path).rglob("*.safetensors"))
 
 
-__all__ = ["TEACHER_DIR", "cast_floating", "pack_checkpoint", "weights_bytes"]
+__all__ = [
+    "TEACHER_DIR",
+    "cast_floating",
+    "merge_lora_checkpoint",
+    "pack_checkpoint",
+    "weights_bytes",
+]

@@ -16,10 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from soundctm.engine.checkpoint import (
+    CARD_FILE,
     COMPONENT_KINDS,
     ComponentCard,
     ModelCard,
     SamplingDefaults,
+    card_sha256,
     read_card,
     read_weights,
     save_checkpoint,
@@ -162,6 +164,10 @@ class Pipeline(SamplingAPI):
         path = Path(path)
         card = read_card(path)
         registry = registry or get_registry()
+        if card.lora is not None:  # an adapter: the parent's weights with it on top
+            return cls._load_lora(
+                path, card, device=device, verify=verify, registry=registry, dtype=dtype
+            )
         check_sizes(path, card, registry)  # before anything is built or allocated
         want = parse_dtype(dtype) if dtype is not None else None
         built = {}
@@ -186,15 +192,72 @@ class Pipeline(SamplingAPI):
         )
         return pipe.to(device)
 
+    @classmethod
+    def _load_lora(
+        cls,
+        path: Path,
+        card: ModelCard,
+        *,
+        device: str | torch.device,
+        verify: bool,
+        registry: Registry,
+        dtype: str | torch.dtype | None,
+    ) -> Pipeline:
+        """A LoRA checkpoint (``card.lora``): its parent, checked by card hash, with the adapter
+        of ``path`` put on its backbone (:mod:`soundctm.engine.lora`)."""
+        from soundctm.engine.lora import add_lora, load_adapter
+
+        lora = card.lora
+        assert lora is not None
+        parent = parent_folder(lora.parent, path, registry)
+        if not (parent / CARD_FILE).is_file():
+            raise CheckpointError(
+                f"{path} is a LoRA adapter of {lora.parent}, which is not there; put the parent "
+                "model there (or merge the adapter where it is: soundctm pack --merge-lora)"
+            )
+        digest = card_sha256(parent)
+        if digest != lora.parent_card_sha256.lower():
+            raise CheckpointError(
+                f"{path} is a LoRA adapter of {lora.parent}, whose model.json has changed "
+                f"(SHA-256 {digest[:12]}..., the adapter was trained on "
+                f"{lora.parent_card_sha256[:12]}...); load it on the model it was trained from"
+            )
+        base = cls.load(parent, verify=verify, registry=registry)
+        for kind in COMPONENT_KINDS:
+            have, want = base.card.components[kind], card.components[kind]
+            if (have.name, have.params) != (want.name, want.params):
+                raise CheckpointError(
+                    f"{path}: its {kind} {want.name!r} is not the parent's {have.name!r} "
+                    f"{have.params}; the card is damaged"
+                )
+        backbone = add_lora(base.ctm.backbone, lora.layers, lora.rank, lora.alpha)
+        load_adapter(backbone, read_weights(path, card, "backbone", verify=verify), str(path))
+        if dtype is not None:
+            backbone = backbone.to(parse_dtype(dtype))
+        pipe = cls(
+            card, backbone, base.text_encoder, base.autoencoder, path=path, registry=registry
+        )
+        return pipe.to(device)
+
     def save(self, path: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
-        """Write the checkpoint directory atomically (a crash leaves no half checkpoint)."""
+        """Write the checkpoint directory atomically (a crash leaves no half checkpoint). A
+        LoRA pipeline (``card.lora``) writes only its adapter; the parent holds the rest."""
         card = self.card.model_copy(deep=True)
         card.provenance.update(provenance or {})
-        weights = {
-            "backbone": self.ctm.backbone.state_dict(),
-            "text_encoder": _checkpoint_state(self.text_encoder),
-            "autoencoder": _checkpoint_state(self.autoencoder),
-        }
+        if card.lora is not None:
+            from soundctm.engine.lora import adapter_state
+
+            weights = {
+                "backbone": adapter_state(self.ctm.backbone),
+                "text_encoder": {},
+                "autoencoder": {},
+            }
+        else:
+            weights = {
+                "backbone": self.ctm.backbone.state_dict(),
+                "text_encoder": checkpoint_state(self.text_encoder),
+                "autoencoder": checkpoint_state(self.autoencoder),
+            }
         out = save_checkpoint(Path(path), card, weights)
         self.path = out
         return out
@@ -223,6 +286,15 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return found
 
 
+def parent_folder(parent: str, path: Path, registry: Registry | None = None) -> Path:
+    """The local folder of a LoRA checkpoint's ``parent`` (a hub id, or a folder: a relative
+    one is taken from the LoRA checkpoint at ``path``)."""
+    if is_hub_id(parent):
+        return resolve_hub(parent, registry=registry).path
+    folder = Path(parent)
+    return folder if folder.is_absolute() else Path(path) / folder
+
+
 def expand_component(registry: Registry, kind: str, card: ComponentCard) -> ComponentCard:
     """The card with explicit parameters: a factory may offer ``expand_params(params)`` to turn
     shorthands (such as a size preset) into its full keyword arguments."""
@@ -230,7 +302,7 @@ def expand_component(registry: Registry, kind: str, card: ComponentCard) -> Comp
     return card if params is card.params else ComponentCard(name=card.name, params=params)
 
 
-def _checkpoint_state(component: Any) -> dict[str, Tensor]:
+def checkpoint_state(component: Any) -> dict[str, Tensor]:
     """The weights a component stores in a checkpoint (none if it loads them from elsewhere)."""
     if not isinstance(component, nn.Module) or not checkpoint_weights(component):
         return {}

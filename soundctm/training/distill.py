@@ -50,10 +50,22 @@ from soundctm.training.ctm_losses import (
     teacher_solve,
 )
 from soundctm.training.data import UNUSABLE_FILES, build_dataset, dataset_report, drop_captions
+from soundctm.training.finetune import (
+    Parent,
+    apply_freeze,
+    component_mismatch,
+    named_parameters,
+    parameter_report,
+    resolve_parent,
+    start_lora,
+    take_components,
+    trainable_parameters,
+)
 from soundctm.training.fit import Run, StepOutput, fit, prepare_run
 from soundctm.training.fit import resume as resume_state
 from soundctm.training.losses import edm_denoising_loss
 from soundctm.training.rng import generator, seeded_init
+from soundctm.training.teacher import lr_at
 from soundctm.training.trajectories import TrajectoryCache, build_trajectory_cache
 from soundctm.training.trajectories import cache_matches as trajectory_cache_matches
 
@@ -88,6 +100,46 @@ def load_teacher(path: Path, spec: DistillConfig, registry: Registry, device: An
     return teacher
 
 
+def student_parent(
+    spec: DistillConfig,
+    teacher: Pipeline,
+    backbone: nn.Module,
+    state_path: Path | None,
+    registry: Registry,
+    callback: Callback | None,
+) -> tuple[dict[str, Any] | None, Parent | None]:
+    """``init_from``: a student (``ctm``) checkpoint of the teacher's design whose backbone
+    replaces the one copied from the teacher (a fresh run only: a resumed state wins). Its text
+    encoder and autoencoder must be the teacher's. Returns what the card records of it and the
+    parent."""
+    if spec.init_from is None:
+        return None, None
+    parent = resolve_parent(spec.init_from, registry, callback)
+    if parent.card.kind != STUDENT:
+        raise InvalidArgumentError(
+            f"--init-from {spec.init_from} holds a {parent.card.kind!r} model; distill starts "
+            "from --teacher already, --init-from takes a student (ctm) checkpoint to continue"
+        )
+    tcard = teacher.card
+    comp = tcard.components["backbone"]
+    cards = {
+        "backbone": ComponentCard(name=comp.name, params={**comp.params, "student": True}),
+        "text_encoder": tcard.components["text_encoder"],
+        "autoencoder": tcard.components["autoencoder"],
+    }
+    for kind in ("text_encoder", "autoencoder"):
+        problem = component_mismatch(kind, parent.card.components[kind], cards[kind])
+        if problem:
+            raise InvalidArgumentError(
+                f"--init-from {spec.init_from}: {problem} (the teacher's); a student must share "
+                f"its teacher's {kind}"
+            )
+    if state_path is None:
+        take_components(parent, ["backbone"], {"backbone": backbone}, cards)
+        emit(callback, Message(f"student weights from {spec.init_from}"))
+    return {**parent.record, "components": ["backbone"]}, parent
+
+
 def build_student(teacher: Pipeline, registry: Registry) -> tuple[nn.Module, list[str]]:
     """The student backbone (the teacher's architecture with ``student=True``), initialised from
     the teacher's weights by parameter name (method.md §3). Returns it and the fresh names."""
@@ -105,12 +157,13 @@ def build_student(teacher: Pipeline, registry: Registry) -> tuple[nn.Module, lis
 
 def adaptive_layer(backbone: nn.Module) -> Tensor:
     """The weight ``W`` of the adaptive DSM weight (method.md §4.7): the backbone's declared
-    last layer (:func:`~soundctm.engine.components.last_layer`), else its last parameter with
-    two or more dimensions."""
+    last layer (:func:`~soundctm.engine.components.last_layer`), else (none declared, or it is
+    frozen: ``--freeze``, LoRA) its last trainable parameter with two or more dimensions."""
     layer = last_layer(backbone)
-    if layer is not None:
+    if layer is not None and layer.requires_grad:
         return layer
-    matrices = [p for p in backbone.parameters() if p.ndim >= 2]
+    # frozen (--freeze, LoRA): the last trainable matrix, e.g. the last adapter's B
+    matrices = [p for p in backbone.parameters() if p.ndim >= 2 and p.requires_grad]
     if not matrices:
         raise PluginError("the backbone has no weight matrix to use as its last layer")
     return matrices[-1]
@@ -160,10 +213,27 @@ def distill_run(
             f"student initialised from the teacher; new parameters: {', '.join(fresh) or 'none'}"
         ),
     )
+    started_from, parent = student_parent(
+        spec, teacher, student_backbone, state_path, registry, callback
+    )
+    lora = None
+    if spec.lora_rank and parent is not None:
+        lora = start_lora(
+            student_backbone, parent, spec.lora_rank, spec.lora_alpha, spec.lora_targets
+        )
     student = CTM(student_backbone, tcard.sigma_data, STUDENT).to(device).train()
+    apply_freeze(named_parameters({"backbone": student_backbone}), spec.freeze)
+    parameter_report(
+        {
+            "backbone": student_backbone,
+            "text_encoder": teacher.text_encoder,
+            "autoencoder": teacher.autoencoder,
+        },
+        callback,
+    )
     target = CTM(copy.deepcopy(student_backbone), tcard.sigma_data, STUDENT).to(device)
     target.eval().requires_grad_(False)
-    optimizer = torch.optim.RAdam(student.parameters(), lr=spec.lr)
+    optimizer = torch.optim.RAdam(trainable_parameters(student), lr=spec.lr)
     start = 0
     if state_path is not None:
         start = resume_state(
@@ -279,8 +349,12 @@ def distill_run(
         )
 
     def snapshot(weights: nn.Module, at: int) -> Pipeline:
+        card = student_card(spec, teacher, at)
+        if started_from is not None:
+            card.provenance["init_from"] = started_from
+        card.lora = lora
         snap = Pipeline(
-            student_card(spec, teacher, at),
+            card,
             weights,
             teacher.text_encoder,
             teacher.autoencoder,
@@ -307,6 +381,7 @@ def distill_run(
         ema_decay=lambda at: spec.ema_decay,
         previews=[{"steps": n} for n in spec.preview_steps],
         after_checkpoint=after_checkpoint,
+        lr=lambda at: lr_at(at, spec.lr, spec.warmup_steps),
         start=start,
     )
 

@@ -108,9 +108,19 @@ def prepare_run(
                 Message(f"removed {removed} unfinished file(s) of an interrupted run in {out}"),
             )
     accelerator.wait_for_everyone()  # every process then sees the same state folders
-    state = resolve_resume(out, resume, main=main)
+    init_from = getattr(config, "init_from", None)
+    state = resolve_resume(out, resume, main=main, fresh_ok=init_from is not None)
     if main and state is None:
         rewind_jsonl(out / "metrics.jsonl", 0)
+    if init_from is not None:
+        emit(
+            callback,
+            Message(
+                f"resuming {state}: its weights win over --init-from {init_from}"
+                if state is not None
+                else f"starting from the weights of {init_from}"
+            ),
+        )
     return accelerator, state
 
 

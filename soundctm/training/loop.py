@@ -47,11 +47,18 @@ def make_accelerator(
     )
 
 
-def resolve_resume(out: Path, resume: Path | bool | None, *, main: bool) -> Path | None:
-    """The state folder to resume from, or None for a fresh run (refusing to overwrite one)."""
+def resolve_resume(
+    out: Path, resume: Path | bool | None, *, main: bool, fresh_ok: bool = False
+) -> Path | None:
+    """The state folder to resume from, or None for a fresh run (refusing to overwrite one).
+
+    ``fresh_ok`` (a run with ``init_from``): ``--resume`` with no state in ``out`` yet starts
+    the run fresh instead of failing, so one command both starts and continues it."""
     if resume:
         base = out if resume is True else Path(resume)
         state = base if (base / "state.json").is_file() else latest_state(base)
+        if state is None and fresh_ok and resume is True:
+            return None
         if state is None:
             raise InvalidArgumentError(
                 f"nothing to resume in {base}: no state/step-* folder; drop --resume to start a "

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from soundctm._version import __version__
 from soundctm.config import TeacherConfig
-from soundctm.engine.checkpoint import SamplingDefaults
+from soundctm.engine.checkpoint import COMPONENT_KINDS, SamplingDefaults
 from soundctm.engine.components import max_frames
 from soundctm.engine.pipeline import Pipeline, expand_component
 from soundctm.errors import InvalidArgumentError
@@ -35,6 +35,16 @@ from soundctm.training.data import (
     dataset_report,
     drop_captions,
     mix_batch,
+)
+from soundctm.training.finetune import (
+    apply_freeze,
+    named_parameters,
+    parameter_report,
+    parent_components,
+    resolve_parent,
+    start_lora,
+    take_components,
+    trainable_parameters,
 )
 from soundctm.training.fit import Run, StepOutput, fit, prepare_run
 from soundctm.training.fit import resume as resume_state
@@ -163,6 +173,18 @@ def teacher_run(
     ):
         if card is not None:
             registry.get(kind, card.name)  # fail at once on an unknown name
+    parent, take = None, list(spec.init_components or COMPONENT_KINDS)
+    if spec.init_from is not None:  # its card names the components the run does not
+        parent = resolve_parent(spec.init_from, registry, callback)
+        explicit = set(spec.model_fields_set)
+        update: dict[str, Any] = dict(
+            parent_components(
+                parent, take, {k: getattr(spec, k) for k in COMPONENT_KINDS}, explicit
+            )
+        )
+        if "backbone" in take and "sigma_data" not in explicit:
+            update["sigma_data"] = parent.card.sigma_data
+        spec = spec.model_copy(update=update)
     spec = spec.model_copy(
         update={
             kind: expand_component(registry, kind, getattr(spec, kind))
@@ -173,12 +195,36 @@ def teacher_run(
     device, main, out = accelerator.device, accelerator.is_main_process, Path(spec.out)
 
     pipe = build_teacher(spec, registry)
+    components = {
+        "backbone": pipe.ctm.backbone,
+        "text_encoder": pipe.text_encoder,
+        "autoencoder": pipe.autoencoder,
+    }
+    started_from: dict[str, Any] | None = None
+    if parent is not None:
+        if "backbone" in take and parent.card.sigma_data != spec.sigma_data:
+            raise InvalidArgumentError(
+                f"--init-from {spec.init_from}: its backbone was trained with sigma_data "
+                f"{parent.card.sigma_data}, this run has {spec.sigma_data}; use the model's"
+            )
+        if state_path is None:
+            take_components(parent, take, components, pipe.card.components)
+        started_from = {**parent.record, "components": take}
+    lora = None
+    if spec.lora_rank and parent is not None:
+        lora = start_lora(
+            pipe.ctm.backbone, parent, spec.lora_rank, spec.lora_alpha, spec.lora_targets
+        )
     for comp in (pipe.text_encoder, pipe.autoencoder):
         if isinstance(comp, nn.Module):
             comp.to(device).requires_grad_(False)
     ctm = pipe.ctm.train()
+    apply_freeze(named_parameters(components), spec.freeze)
+    parameter_report(components, callback)
     ema = copy.deepcopy(ctm.backbone).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(ctm.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    optimizer = torch.optim.AdamW(
+        trainable_parameters(ctm), lr=spec.lr, weight_decay=spec.weight_decay
+    )
     start = 0
     if state_path is not None:
         start = resume_state(
@@ -260,6 +306,9 @@ def teacher_run(
                 "ema_decay": spec.ema_decay,
             }
         )
+        if started_from is not None:
+            card.provenance["init_from"] = started_from
+        card.lora = lora
         snap = Pipeline(card, weights, pipe.text_encoder, pipe.autoencoder, registry=pipe.registry)
         snap.device = device
         return snap
