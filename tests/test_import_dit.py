@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,14 +47,33 @@ SECONDS = 0.01  # 441 samples, 56 latent frames at hop 8
 PROMPT = "a dog barks in the distance"
 
 
-def _roberta_config(vocab: int) -> dict:
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of a stand-in: the RoBERTa text branch, the CLAP projection (v1's context) and
+    the DiT (its ``cond_token_dim`` is the variant's context: ``proj`` for v1, ``hidden`` for
+    v2)."""
+
+    hidden: int = HIDDEN
+    layers: int = LAYERS
+    positions: int = POSITIONS
+    proj: int = PROJ
+    dit: tuple[tuple[str, int], ...] = tuple(DIT.items())
+
+    def dit_config(self, variant: str) -> dict:
+        return {**dict(self.dit), "cond_token_dim": self.proj if variant == "v1" else self.hidden}
+
+
+SIZES = Sizes()
+
+
+def _roberta_config(vocab: int, sizes: Sizes = SIZES) -> dict:
     return {
         "vocab_size": vocab,
-        "hidden_size": HIDDEN,
-        "num_hidden_layers": LAYERS,
+        "hidden_size": sizes.hidden,
+        "num_hidden_layers": sizes.layers,
         "num_attention_heads": 12,
-        "intermediate_size": 2 * HIDDEN,
-        "max_position_embeddings": POSITIONS,
+        "intermediate_size": 2 * sizes.hidden,
+        "max_position_embeddings": sizes.positions,
         "type_vocab_size": 1,
         "layer_norm_eps": 1e-5,
         "pad_token_id": 1,
@@ -62,47 +82,68 @@ def _roberta_config(vocab: int) -> dict:
     }
 
 
-def _clap_state(vocab: int, seed: int) -> dict:
-    """A whole LAION-CLAP state dict (no ``module.``): random text branch, projection, decoys."""
+def _clap_state(vocab: int, seed: int, sizes: Sizes = SIZES, decoys: bool = True) -> dict:
+    """A whole LAION-CLAP state dict (no ``module.``): random text branch, projection and, with
+    ``decoys``, stand-ins of audio-branch keys (the converter must leave them)."""
     from transformers import RobertaConfig, RobertaModel
 
     torch.manual_seed(seed)
-    branch = RobertaModel(RobertaConfig(**_roberta_config(vocab)), add_pooling_layer=True)
+    config = RobertaConfig(**_roberta_config(vocab, sizes))
+    branch = RobertaModel(config, add_pooling_layer=True)
     state = {}
     for k, v in branch.state_dict().items():
         if v.is_floating_point():
             noise = torch.randn_like(v)
             v = 1 + 0.1 * noise if k.endswith("LayerNorm.weight") else 0.2 * noise
         state[f"text_branch.{k}"] = v.clone()
-    state["text_branch.embeddings.position_ids"] = torch.arange(POSITIONS)[None]
+    state["text_branch.embeddings.position_ids"] = torch.arange(sizes.positions)[None]
+    proj, hidden = sizes.proj, sizes.hidden
     state.update(
         {
-            "text_projection.0.weight": torch.randn(PROJ, HIDDEN) * 0.3,
-            "text_projection.0.bias": torch.randn(PROJ) * 0.1,
-            "text_projection.2.weight": torch.randn(PROJ, PROJ) * 0.3,
-            "text_projection.2.bias": torch.randn(PROJ) * 0.1,
-            "audio_branch.conv.weight": torch.randn(4, 4),
-            "audio_projection.0.weight": torch.randn(PROJ, 8),
-            "logit_scale_a": torch.tensor(2.0),
+            "text_projection.0.weight": torch.randn(proj, hidden) * 0.3,
+            "text_projection.0.bias": torch.randn(proj) * 0.1,
+            "text_projection.2.weight": torch.randn(proj, proj) * 0.3,
+            "text_projection.2.bias": torch.randn(proj) * 0.1,
         }
     )
+    if decoys:
+        state.update(
+            {
+                "audio_branch.conv.weight": torch.randn(4, 4),
+                "audio_projection.0.weight": torch.randn(proj, 8),
+                "logit_scale_a": torch.tensor(2.0),
+            }
+        )
     return state
 
 
 def write_official(
-    root: Path, variant: str, layout: str = "hub", dac_kwargs: dict | None = None
+    root: Path,
+    variant: str,
+    layout: str = "hub",
+    dac_kwargs: dict | None = None,
+    *,
+    sizes: Sizes = SIZES,
+    decoys: bool = True,
+    summary: dict | None = None,
 ) -> dict:
-    """A stand-in of the official files of ``variant`` in the hub or the demo layout."""
-    from transformers import AutoTokenizer
+    """A stand-in of the official files of ``variant`` in the hub or the demo layout.
+
+    ``sizes`` and ``dac_kwargs`` size it; ``decoys`` adds stand-ins of CLAP audio-branch keys;
+    ``summary`` adds fields to the summary line (the official code reads its training arguments
+    from there). The tokenizer folder ``roberta-base`` also gets the text branch's
+    ``config.json``, as the hub folder of that name has."""
+    from transformers import AutoTokenizer, RobertaConfig
 
     tok = write_tokenizer(root / "roberta-base")
     vocab = len(AutoTokenizer.from_pretrained(tok))
-    clap = _clap_state(vocab, seed=1)
+    RobertaConfig(**_roberta_config(vocab, sizes)).to_json_file(tok / "config.json")
+    clap = _clap_state(vocab, seed=1, sizes=sizes, decoys=decoys)
     # The CLAP file differs from the EMA's text encoder: the converter must take the EMA's,
     # which is what the official demo runs (it loads the EMA file over the CLAP file).
     clap_file = {k: v + 0.05 if v.is_floating_point() else v for k, v in clap.items()}
     torch.manual_seed(2)
-    cfg = {**DIT, "cond_token_dim": COND[variant]}
+    cfg = sizes.dit_config(variant)
     net = OfficialDiT(**cfg, student=True)
     dit = _randomise(net, seed=3)
     for name, value in dit.items():  # keep the outputs of random weights moderate
@@ -114,8 +155,9 @@ def write_official(
     ema = {f"dit.{k}": v for k, v in dit.items()}
     ema.update({f"text_encoder.model.{k}": v for k, v in clap.items()})
     torch.save(ema, models / EMA_NAME[variant])
-    summary = {"sigma_data": SD, "sigma_min": SMIN, "sigma_max": SMAX, "target_sec": 10.031}
-    (models / f"{PREFIX[variant]}_summary.jsonl").write_text(json.dumps(summary) + "\n")
+    line = {"sigma_data": SD, "sigma_min": SMIN, "sigma_max": SMAX, "target_sec": 10.031}
+    line.update(summary or {})
+    (models / f"{PREFIX[variant]}_summary.jsonl").write_text(json.dumps(line) + "\n")
     stats = z_stats()
     torch.save(stats, models / "z_stats.pth")
     clap_path = utils / (
