@@ -78,7 +78,9 @@ def _tiny_t5(path: Path) -> Path:
     return path
 
 
-def build_tiny(t5: Path, kind: str = "ctm", **dit: object) -> Pipeline:
+def build_tiny(
+    t5: Path, kind: str = "ctm", seconds: float = 0.1, max_seconds: float = 0.2, **dit: object
+) -> Pipeline:
     """dit (tiny) + t5 (tiny, random) + mel (small STFT, 4 Griffin-Lim iterations); every DiT
     weight random (the zero-initialised output layers too, so the network is not trivial)."""
     torch.manual_seed(0)
@@ -88,8 +90,8 @@ def build_tiny(t5: Path, kind: str = "ctm", **dit: object) -> Pipeline:
         text_encoder=("t5", {"path": str(t5), "max_length": 32}),
         autoencoder=("mel", MEL),
         sigma_data=0.5,
-        seconds=0.1,
-        max_seconds=0.2,
+        seconds=seconds,
+        max_seconds=max_seconds,
     )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -356,6 +358,60 @@ def test_patched_dit_exports_with_dynamic_length(t5_dir, tmp_path):
         assert got.shape == ref.shape == (1, samples)
         assert float(ref.abs().max()) > 1e-2
         assert float((got - ref).abs().max()) <= TOLERANCE
+
+
+class _Frames:
+    """A latent of ``ceil(seconds * rate / hop)`` frames (what :func:`check_seconds` reads)."""
+
+    def __init__(self, rate: int, hop: int) -> None:
+        self.rate, self.hop = rate, hop
+
+    def latent_shape(self, seconds: float) -> tuple[int, int]:
+        return (8, -(-round(seconds * self.rate) // self.hop))
+
+
+def test_check_length_is_short_and_inside_the_dynamic_range():
+    from soundctm.export.graphs import CHECK_MIN_FRAMES, CHECK_SECONDS, check_seconds
+
+    fine = _Frames(44100, 8)  # 10.031 s = 55,296 frames: checked on 1 s (5,513 frames)
+    assert check_seconds(fine, 10.031, [1]) == CHECK_SECONDS
+    coarse = _Frames(44100, 1024)  # 1 s = 44 frames: lengthened until there are 64
+    secs = check_seconds(coarse, 10.031, [1])
+    assert CHECK_SECONDS < secs < 10.031
+    assert CHECK_MIN_FRAMES <= coarse.latent_shape(secs)[1] < coarse.latent_shape(10.031)[1]
+    assert check_seconds(coarse, 1.2, [1]) == 1.2  # never past the card's clip
+    assert check_seconds(fine, 0.1, [1]) == 0.1  # a short card is checked at its length
+    assert check_seconds(fine, 10.031, []) == 10.031  # a fixed-length model: its only length
+
+
+def test_a_long_card_is_checked_on_a_short_clip_and_still_matches(t5_dir, tmp_path, monkeypatch):
+    """The graphs are traced and checked on a short clip inside the dynamic range (not the card's
+    whole clip), and reproduce torch at the card's own length."""
+    import soundctm.export.graphs as graphs
+    import soundctm.export.onnx as onnx_export
+
+    monkeypatch.setattr(graphs, "CHECK_SECONDS", 0.05)  # 25 frames: lengthened to >= 64
+    checked: dict[str, tuple[int, ...]] = {}
+    real = onnx_export.compare
+
+    def spy(component, name, module, args, *rest, **kw):
+        checked[component] = tuple(args[0].shape)
+        return real(component, name, module, args, *rest, **kw)
+
+    monkeypatch.setattr(onnx_export, "compare", spy)
+    pipe = build_tiny(t5_dir, seconds=0.4, max_seconds=0.8)  # 200 frames at hop 16
+    out = export_onnx(pipe, tmp_path / "long")
+    spec = json.loads((out / EXPORT_FILE).read_text())
+    frames = checked["backbone"][-1]
+    assert graphs.CHECK_MIN_FRAMES <= frames < 200 and checked["autoencoder"][-1] == frames
+    assert spec["export_check_seconds"] < 0.4 and spec["latent"]["shape"] == [8, 200]
+    ort_pipe = OrtPipeline.load(out, providers=["cpu"])
+    kw = {"seeds": [7], "steps": 2, "gamma": 0.5, "nu": 2.0}  # the card's 0.4 s
+    ref = pipe.generate(PROMPTS[:1], **kw).audio
+    got = ort_pipe.generate(PROMPTS[:1], **kw).audio
+    assert got.shape == ref.shape == (1, 3200)
+    assert float(ref.abs().max()) > 1e-2
+    assert float((got - ref).abs().max()) <= TOLERANCE
 
 
 # ---------------------------------------------------------------------------- slow
