@@ -43,6 +43,11 @@ COND = {"v1": PROJ, "v2": HIDDEN}
 PREFIX = {"v1": "ac_v1_iclr", "v2": "ac_v2"}
 EMA_NAME = {"v1": "ac_v1_iclr_ema_0999_010446.pt", "v2": "ac_v2_ema_0999_030000.pt"}
 SD, SMIN, SMAX = 0.5, 0.002, 80.0
+#: With plain random weights the L2-normalised CLAP embedding (a single context token) barely
+#: moves the DiT's output (~0.1 %): too little for a wrong unconditional half or text path to
+#: fail a 1e-4 comparison. The stand-ins amplify both layers of ``to_cond_embed`` by this gain,
+#: so that the prompt and "" give outputs several percent apart.
+COND_GAIN = 4.0
 SECONDS = 0.01  # 441 samples, 56 latent frames at hop 8
 PROMPT = "a dog barks in the distance"
 
@@ -126,13 +131,15 @@ def write_official(
     sizes: Sizes = SIZES,
     decoys: bool = True,
     summary: dict | None = None,
+    cond_gain: float = COND_GAIN,
 ) -> dict:
     """A stand-in of the official files of ``variant`` in the hub or the demo layout.
 
     ``sizes`` and ``dac_kwargs`` size it; ``decoys`` adds stand-ins of CLAP audio-branch keys;
     ``summary`` adds fields to the summary line (the official code reads its training arguments
-    from there). The tokenizer folder ``roberta-base`` also gets the text branch's
-    ``config.json``, as the hub folder of that name has."""
+    from there); ``cond_gain`` multiplies both layers of the DiT's ``to_cond_embed``. The
+    tokenizer folder ``roberta-base`` also gets the text branch's ``config.json``, as the hub
+    folder of that name has."""
     from transformers import AutoTokenizer, RobertaConfig
 
     tok = write_tokenizer(root / "roberta-base")
@@ -149,6 +156,8 @@ def write_official(
     for name, value in dit.items():  # keep the outputs of random weights moderate
         if name.endswith("weight") and value.ndim > 1:
             value.mul_(0.5)
+        if name.startswith("to_cond_embed."):
+            value.mul_(cond_gain)
     models = root / ("model_checkpoints/soundctm" if layout == "hub" else "ckpt/models")
     utils = root / ("utils_checkpoints" if layout == "hub" else "ckpt/utils")
     models.mkdir(parents=True)
@@ -249,14 +258,20 @@ def karras(n: int) -> list[float]:
     return [(hi + i / n * (lo - hi)) ** 7 for i in range(n + 1)]
 
 
-def ref_sample(parts: dict, variant: str, prompt: str, seed: int, steps: int, frames: int):
-    """x_T = 80 z (the seed's own CPU generator), gamma-0 chain of jumps, decode."""
+def ref_sample(
+    parts: dict, variant: str, prompt: str, seed: int, steps: int, frames: int, nu: float = 1.0
+):
+    """x_T = 80 z (the seed's own CPU generator), gamma-0 chain of jumps, decode. With nu != 1
+    each jump is G(x | "") + nu (G(x | prompt) - G(x | "")), omega 5 on both halves (the official
+    deterministic sampler)."""
     z = torch.randn((1, 8, frames), generator=torch.Generator().manual_seed(seed))
     sig = karras(steps)
     x = sig[0] * z
     tokens = ref_clap(parts, variant, [prompt])
+    empty = ref_clap(parts, variant, [""])
     for a, b in itertools.pairwise(sig):
-        x = ref_jump(parts, x, a, b, 5.0, tokens)
+        cond = ref_jump(parts, x, a, b, 5.0, tokens)
+        x = cond if nu == 1.0 else (u := ref_jump(parts, x, a, b, 5.0, empty)) + nu * (cond - u)
     mean, std = parts["stats"]["z_mean"][None, :, None], parts["stats"]["z_std"][None, :, None]
     return ref_decode(parts["dac"], DAC_KWARGS, 2 * std * x + mean)[:, 0]
 
@@ -319,6 +334,20 @@ def test_samples_decode_as_the_official(official, imported, steps):
     ref = ref_sample(parts, variant, PROMPT, 4, steps, frames)[:, :n]
     assert rel(gen.audio, ref) <= 1e-4
     assert float(gen.audio.abs().max()) > 1e-3  # not a silent pass
+
+
+def test_guided_samples_take_the_empty_prompt_with_omega_on_both_halves(official, imported):
+    """nu != 1: the unconditional half is CLAP's embedding of "" (not zeros) and gets omega too,
+    as in the official deterministic sampler (checked against the official code itself by
+    tests/parity)."""
+    variant, _, parts = official
+    pipe = Pipeline.load(imported)
+    gen = pipe.generate([PROMPT], seeds=[4], steps=2, nu=2.0, seconds=SECONDS)
+    n, frames = round(SECONDS * 44100), pipe.latent_shape(SECONDS)[-1]
+    ref = ref_sample(parts, variant, PROMPT, 4, 2, frames, nu=2.0)[:, :n]
+    assert rel(gen.audio, ref) <= 1e-4
+    unguided = ref_sample(parts, variant, PROMPT, 4, 2, frames)[:, :n]
+    assert rel(unguided, ref) > 1e-3  # the guidance matters: a wrong half would fail above
 
 
 def test_the_official_clip_length_is_the_official_crop(imported):

@@ -43,6 +43,11 @@ from pathlib import Path
 #: CLAP keys the stand-ins may leave out: the audio side and the training-only text MLP.
 NOT_TEXT = ("audio_branch.", "audio_projection.", "audio_transform.", "text_transform.")
 NOT_TEXT_SCALARS = ("logit_scale_a", "logit_scale_t")
+#: The packages whose versions the run records.
+DISTRIBUTIONS = (
+    "torch", "transformers", "tokenizers", "x-transformers", "descript-audiotools",
+    "descript-audio-codec", "diffusers", "einops", "numpy",
+)  # fmt: skip
 #: Release file names of the two variants (the official ``auto_download_checkpoints``).
 EMA = {"v1": "ac_v1_iclr_ema_0999_010446.pt", "v2": "ac_v2_ema_0999_030000.pt"}
 SUMMARY = {"v1": "ac_v1_iclr_summary.jsonl", "v2": "ac_v2_summary.jsonl"}
@@ -213,10 +218,11 @@ def main() -> None:
         audio = vae.decode_to_waveform(z)[:, :, : int(10.031 * 44100)]
         save(f"audio_{run['name']}", audio[:, 0])
 
+    from importlib.metadata import version
+
     versions = {"python": sys.version.split()[0], "commit": _commit(code)}
-    for name in ("torch", "transformers", "x_transformers", "audiotools", "numpy"):
-        module = __import__(name)
-        versions[name] = getattr(module, "__version__", "?")
+    for dist in DISTRIBUTIONS:
+        versions[dist] = version(dist)
     (out / "versions.json").write_text(json.dumps(versions, indent=1))
 
 

@@ -14,12 +14,14 @@ the same files with ``soundctm import soundctm-dit`` and checks that the CLAP em
 jump G at three (t, s), the 1-, 2- and 4-step latents (nu 1, and 2 steps at nu 2, which
 exercises the unconditional half) and their decoded waveforms agree within 1e-4 relative
 (max |ours - official| / max |official|). ``SOUNDCTM_OFFICIAL_DIT_REPORT=FILE`` also writes the
-measured errors as JSON.
+measured errors as JSON; ``SOUNDCTM_OFFICIAL_DIT_COMMIT`` names the official revision when the
+checkout is not a git work tree.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +88,8 @@ def write_inputs(folder: Path) -> Path:
 def run_official(src: Path, variant: str, spec: Path, out: Path) -> dict:
     cmd = [PYTHON, str(RUNNER), "--code", CODE, "--src", str(src), "--variant", variant,
            "--spec", str(spec), "--out", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    env = {**os.environ, **OFFICIAL_PARITY_ENV}  # conftest clears SOUNDCTM_* for the tests
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, env=env)
     if done.returncode != 0:
         pytest.fail(f"the official code failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
     return {p.stem: np.load(p) for p in out.glob("*.npy")}
