@@ -371,26 +371,23 @@ class _Frames:
 
 
 def test_check_length_is_short_and_inside_the_dynamic_range():
-    from soundctm.export.graphs import CHECK_MIN_FRAMES, CHECK_SECONDS, check_seconds
+    from soundctm.export.graphs import CHECK_FRAMES, MIN_FRAMES, check_seconds
 
-    fine = _Frames(44100, 8)  # 10.031 s = 55,296 frames: checked on 1 s (5,513 frames)
-    assert check_seconds(fine, 10.031, [1]) == CHECK_SECONDS
-    coarse = _Frames(44100, 1024)  # 1 s = 44 frames: lengthened until there are 64
-    secs = check_seconds(coarse, 10.031, [1])
-    assert CHECK_SECONDS < secs < 10.031
-    assert CHECK_MIN_FRAMES <= coarse.latent_shape(secs)[1] < coarse.latent_shape(10.031)[1]
-    assert check_seconds(coarse, 1.2, [1]) == 1.2  # never past the card's clip
-    assert check_seconds(fine, 0.1, [1]) == 0.1  # a short card is checked at its length
+    for hop in (8, 1024):  # 10.031 s: 55,296 and 432 frames; checked on CHECK_FRAMES of them
+        codec = _Frames(44100, hop)
+        secs = check_seconds(codec, 10.031, [1])
+        assert secs < 10.031 and codec.latent_shape(secs)[1] == CHECK_FRAMES > MIN_FRAMES
+    fine = _Frames(44100, 8)
+    assert check_seconds(fine, 0.01, [1]) == 0.01  # 56 frames: a short card, its own length
     assert check_seconds(fine, 10.031, []) == 10.031  # a fixed-length model: its only length
 
 
 def test_a_long_card_is_checked_on_a_short_clip_and_still_matches(t5_dir, tmp_path, monkeypatch):
     """The graphs are traced and checked on a short clip inside the dynamic range (not the card's
     whole clip), and reproduce torch at the card's own length."""
-    import soundctm.export.graphs as graphs
     import soundctm.export.onnx as onnx_export
+    from soundctm.export.graphs import CHECK_FRAMES
 
-    monkeypatch.setattr(graphs, "CHECK_SECONDS", 0.05)  # 25 frames: lengthened to >= 64
     checked: dict[str, tuple[int, ...]] = {}
     real = onnx_export.compare
 
@@ -402,8 +399,7 @@ def test_a_long_card_is_checked_on_a_short_clip_and_still_matches(t5_dir, tmp_pa
     pipe = build_tiny(t5_dir, seconds=0.4, max_seconds=0.8)  # 200 frames at hop 16
     out = export_onnx(pipe, tmp_path / "long")
     spec = json.loads((out / EXPORT_FILE).read_text())
-    frames = checked["backbone"][-1]
-    assert graphs.CHECK_MIN_FRAMES <= frames < 200 and checked["autoencoder"][-1] == frames
+    assert checked["backbone"] == checked["autoencoder"] == (2, 8, CHECK_FRAMES)
     assert spec["export_check_seconds"] < 0.4 and spec["latent"]["shape"] == [8, 200]
     ort_pipe = OrtPipeline.load(out, providers=["cpu"])
     kw = {"seeds": [7], "steps": 2, "gamma": 0.5, "nu": 2.0}  # the card's 0.4 s
