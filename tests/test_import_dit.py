@@ -530,8 +530,8 @@ def test_eval_model_runs_on_the_imported_model(imported, tmp_path):
     assert res["n"] == 2 and res["runs"][0]["metrics"]["fd"]["value"] > 0
 
 
-#: A narrow GaussianDAC with the released hop of 1024 (10.031 s = 432 frames), for the export
-#: check, which runs the graphs at the card's 10.031 s.
+#: A narrow GaussianDAC with the released hop of 1024 (10.031 s = 432 frames). (The export check
+#: runs the graphs on 64 frames, so hop 8, 55,296 frames at 10.031 s, exports too: 64 s, 1 GiB.)
 DAC_HOP_1024 = {**DAC_KWARGS, "encoder_rates": [8, 8, 16], "decoder_rates": [16, 8, 8]}
 
 
