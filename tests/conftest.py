@@ -17,6 +17,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(TOY_SITE), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
 os.environ.pop("SOUNDCTM_DISABLE_PLUGIN_AUTOLOAD", None)
+#: The opt-in switches of tests/parity (the official code's checkout and Python), kept before the
+#: environment is cleared of every SOUNDCTM_ variable.
+OFFICIAL_PARITY_ENV = {k: v for k, v in os.environ.items() if k.startswith("SOUNDCTM_OFFICIAL_")}
 for _key in [k for k in os.environ if k.startswith("SOUNDCTM_")]:
     os.environ.pop(_key)
 

@@ -32,7 +32,8 @@ class Opaque:
 # ---------------------------------------------------------------------------- stand-ins
 def write_tokenizer(path: Path) -> Path:
     """A tiny byte-level BPE RoBERTa tokenizer (<s>=0, <pad>=1, </s>=2), trained offline into
-    ``path``."""
+    ``path``: ``tokenizer.json`` and, as the hub's ``roberta-base`` has them, ``vocab.json`` and
+    ``merges.txt`` (which the slow ``RobertaTokenizer`` of the official code reads)."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaTokenizerFast
 
@@ -46,6 +47,7 @@ def write_tokenizer(path: Path) -> Path:
     model = json.loads(raw._tokenizer.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     RobertaTokenizerFast(vocab=model["vocab"], merges=merges).save_pretrained(path)
+    raw.save_model(str(path))
     return path
 
 

@@ -78,7 +78,9 @@ def _tiny_t5(path: Path) -> Path:
     return path
 
 
-def build_tiny(t5: Path, kind: str = "ctm", **dit: object) -> Pipeline:
+def build_tiny(
+    t5: Path, kind: str = "ctm", seconds: float = 0.1, max_seconds: float = 0.2, **dit: object
+) -> Pipeline:
     """dit (tiny) + t5 (tiny, random) + mel (small STFT, 4 Griffin-Lim iterations); every DiT
     weight random (the zero-initialised output layers too, so the network is not trivial)."""
     torch.manual_seed(0)
@@ -88,8 +90,8 @@ def build_tiny(t5: Path, kind: str = "ctm", **dit: object) -> Pipeline:
         text_encoder=("t5", {"path": str(t5), "max_length": 32}),
         autoencoder=("mel", MEL),
         sigma_data=0.5,
-        seconds=0.1,
-        max_seconds=0.2,
+        seconds=seconds,
+        max_seconds=max_seconds,
     )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -356,6 +358,56 @@ def test_patched_dit_exports_with_dynamic_length(t5_dir, tmp_path):
         assert got.shape == ref.shape == (1, samples)
         assert float(ref.abs().max()) > 1e-2
         assert float((got - ref).abs().max()) <= TOLERANCE
+
+
+class _Frames:
+    """A latent of ``ceil(seconds * rate / hop)`` frames (what :func:`check_seconds` reads)."""
+
+    def __init__(self, rate: int, hop: int) -> None:
+        self.rate, self.hop = rate, hop
+
+    def latent_shape(self, seconds: float) -> tuple[int, int]:
+        return (8, -(-round(seconds * self.rate) // self.hop))
+
+
+def test_check_length_is_short_and_inside_the_dynamic_range():
+    from soundctm.export.graphs import CHECK_FRAMES, MIN_FRAMES, check_seconds
+
+    for hop in (8, 1024):  # 10.031 s: 55,296 and 432 frames; checked on CHECK_FRAMES of them
+        codec = _Frames(44100, hop)
+        secs = check_seconds(codec, 10.031, [1])
+        assert secs < 10.031 and codec.latent_shape(secs)[1] == CHECK_FRAMES > MIN_FRAMES
+    fine = _Frames(44100, 8)
+    assert check_seconds(fine, 0.01, [1]) == 0.01  # 56 frames: a short card, its own length
+    assert check_seconds(fine, 10.031, []) == 10.031  # a fixed-length model: its only length
+
+
+def test_a_long_card_is_checked_on_a_short_clip_and_still_matches(t5_dir, tmp_path, monkeypatch):
+    """The graphs are traced and checked on a short clip inside the dynamic range (not the card's
+    whole clip), and reproduce torch at the card's own length."""
+    import soundctm.export.onnx as onnx_export
+    from soundctm.export.graphs import CHECK_FRAMES
+
+    checked: dict[str, tuple[int, ...]] = {}
+    real = onnx_export.compare
+
+    def spy(component, name, module, args, *rest, **kw):
+        checked[component] = tuple(args[0].shape)
+        return real(component, name, module, args, *rest, **kw)
+
+    monkeypatch.setattr(onnx_export, "compare", spy)
+    pipe = build_tiny(t5_dir, seconds=0.4, max_seconds=0.8)  # 200 frames at hop 16
+    out = export_onnx(pipe, tmp_path / "long")
+    spec = json.loads((out / EXPORT_FILE).read_text())
+    assert checked["backbone"] == checked["autoencoder"] == (2, 8, CHECK_FRAMES)
+    assert spec["export_check_seconds"] < 0.4 and spec["latent"]["shape"] == [8, 200]
+    ort_pipe = OrtPipeline.load(out, providers=["cpu"])
+    kw = {"seeds": [7], "steps": 2, "gamma": 0.5, "nu": 2.0}  # the card's 0.4 s
+    ref = pipe.generate(PROMPTS[:1], **kw).audio
+    got = ort_pipe.generate(PROMPTS[:1], **kw).audio
+    assert got.shape == ref.shape == (1, 3200)
+    assert float(ref.abs().max()) > 1e-2
+    assert float((got - ref).abs().max()) <= TOLERANCE
 
 
 # ---------------------------------------------------------------------------- slow

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,18 +43,42 @@ COND = {"v1": PROJ, "v2": HIDDEN}
 PREFIX = {"v1": "ac_v1_iclr", "v2": "ac_v2"}
 EMA_NAME = {"v1": "ac_v1_iclr_ema_0999_010446.pt", "v2": "ac_v2_ema_0999_030000.pt"}
 SD, SMIN, SMAX = 0.5, 0.002, 80.0
+#: With plain random weights the L2-normalised CLAP embedding (a single context token) barely
+#: moves the DiT's output (~0.1 %): too little for a wrong unconditional half or text path to
+#: fail a 1e-4 comparison. The stand-ins amplify both layers of ``to_cond_embed`` by this gain,
+#: so that the prompt and "" give outputs several percent apart.
+COND_GAIN = 4.0
 SECONDS = 0.01  # 441 samples, 56 latent frames at hop 8
 PROMPT = "a dog barks in the distance"
 
 
-def _roberta_config(vocab: int) -> dict:
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of a stand-in: the RoBERTa text branch, the CLAP projection (v1's context) and
+    the DiT (its ``cond_token_dim`` is the variant's context: ``proj`` for v1, ``hidden`` for
+    v2)."""
+
+    hidden: int = HIDDEN
+    layers: int = LAYERS
+    positions: int = POSITIONS
+    proj: int = PROJ
+    dit: tuple[tuple[str, int], ...] = tuple(DIT.items())
+
+    def dit_config(self, variant: str) -> dict:
+        return {**dict(self.dit), "cond_token_dim": self.proj if variant == "v1" else self.hidden}
+
+
+SIZES = Sizes()
+
+
+def _roberta_config(vocab: int, sizes: Sizes = SIZES) -> dict:
     return {
         "vocab_size": vocab,
-        "hidden_size": HIDDEN,
-        "num_hidden_layers": LAYERS,
+        "hidden_size": sizes.hidden,
+        "num_hidden_layers": sizes.layers,
         "num_attention_heads": 12,
-        "intermediate_size": 2 * HIDDEN,
-        "max_position_embeddings": POSITIONS,
+        "intermediate_size": 2 * sizes.hidden,
+        "max_position_embeddings": sizes.positions,
         "type_vocab_size": 1,
         "layer_norm_eps": 1e-5,
         "pad_token_id": 1,
@@ -62,60 +87,86 @@ def _roberta_config(vocab: int) -> dict:
     }
 
 
-def _clap_state(vocab: int, seed: int) -> dict:
-    """A whole LAION-CLAP state dict (no ``module.``): random text branch, projection, decoys."""
+def _clap_state(vocab: int, seed: int, sizes: Sizes = SIZES, decoys: bool = True) -> dict:
+    """A whole LAION-CLAP state dict (no ``module.``): random text branch, projection and, with
+    ``decoys``, stand-ins of audio-branch keys (the converter must leave them)."""
     from transformers import RobertaConfig, RobertaModel
 
     torch.manual_seed(seed)
-    branch = RobertaModel(RobertaConfig(**_roberta_config(vocab)), add_pooling_layer=True)
+    config = RobertaConfig(**_roberta_config(vocab, sizes))
+    branch = RobertaModel(config, add_pooling_layer=True)
     state = {}
     for k, v in branch.state_dict().items():
         if v.is_floating_point():
             noise = torch.randn_like(v)
             v = 1 + 0.1 * noise if k.endswith("LayerNorm.weight") else 0.2 * noise
         state[f"text_branch.{k}"] = v.clone()
-    state["text_branch.embeddings.position_ids"] = torch.arange(POSITIONS)[None]
+    state["text_branch.embeddings.position_ids"] = torch.arange(sizes.positions)[None]
+    proj, hidden = sizes.proj, sizes.hidden
     state.update(
         {
-            "text_projection.0.weight": torch.randn(PROJ, HIDDEN) * 0.3,
-            "text_projection.0.bias": torch.randn(PROJ) * 0.1,
-            "text_projection.2.weight": torch.randn(PROJ, PROJ) * 0.3,
-            "text_projection.2.bias": torch.randn(PROJ) * 0.1,
-            "audio_branch.conv.weight": torch.randn(4, 4),
-            "audio_projection.0.weight": torch.randn(PROJ, 8),
-            "logit_scale_a": torch.tensor(2.0),
+            "text_projection.0.weight": torch.randn(proj, hidden) * 0.3,
+            "text_projection.0.bias": torch.randn(proj) * 0.1,
+            "text_projection.2.weight": torch.randn(proj, proj) * 0.3,
+            "text_projection.2.bias": torch.randn(proj) * 0.1,
         }
     )
+    if decoys:
+        state.update(
+            {
+                "audio_branch.conv.weight": torch.randn(4, 4),
+                "audio_projection.0.weight": torch.randn(proj, 8),
+                "logit_scale_a": torch.tensor(2.0),
+            }
+        )
     return state
 
 
 def write_official(
-    root: Path, variant: str, layout: str = "hub", dac_kwargs: dict | None = None
+    root: Path,
+    variant: str,
+    layout: str = "hub",
+    dac_kwargs: dict | None = None,
+    *,
+    sizes: Sizes = SIZES,
+    decoys: bool = True,
+    summary: dict | None = None,
+    cond_gain: float = COND_GAIN,
 ) -> dict:
-    """A stand-in of the official files of ``variant`` in the hub or the demo layout."""
-    from transformers import AutoTokenizer
+    """A stand-in of the official files of ``variant`` in the hub or the demo layout.
+
+    ``sizes`` and ``dac_kwargs`` size it; ``decoys`` adds stand-ins of CLAP audio-branch keys;
+    ``summary`` adds fields to the summary line (the official code reads its training arguments
+    from there); ``cond_gain`` multiplies both layers of the DiT's ``to_cond_embed``. The
+    tokenizer folder ``roberta-base`` also gets the text branch's ``config.json``, as the hub
+    folder of that name has."""
+    from transformers import AutoTokenizer, RobertaConfig
 
     tok = write_tokenizer(root / "roberta-base")
     vocab = len(AutoTokenizer.from_pretrained(tok))
-    clap = _clap_state(vocab, seed=1)
+    RobertaConfig(**_roberta_config(vocab, sizes)).to_json_file(tok / "config.json")
+    clap = _clap_state(vocab, seed=1, sizes=sizes, decoys=decoys)
     # The CLAP file differs from the EMA's text encoder: the converter must take the EMA's,
     # which is what the official demo runs (it loads the EMA file over the CLAP file).
     clap_file = {k: v + 0.05 if v.is_floating_point() else v for k, v in clap.items()}
     torch.manual_seed(2)
-    cfg = {**DIT, "cond_token_dim": COND[variant]}
+    cfg = sizes.dit_config(variant)
     net = OfficialDiT(**cfg, student=True)
     dit = _randomise(net, seed=3)
     for name, value in dit.items():  # keep the outputs of random weights moderate
         if name.endswith("weight") and value.ndim > 1:
             value.mul_(0.5)
+        if name.startswith("to_cond_embed."):
+            value.mul_(cond_gain)
     models = root / ("model_checkpoints/soundctm" if layout == "hub" else "ckpt/models")
     utils = root / ("utils_checkpoints" if layout == "hub" else "ckpt/utils")
     models.mkdir(parents=True)
     ema = {f"dit.{k}": v for k, v in dit.items()}
     ema.update({f"text_encoder.model.{k}": v for k, v in clap.items()})
     torch.save(ema, models / EMA_NAME[variant])
-    summary = {"sigma_data": SD, "sigma_min": SMIN, "sigma_max": SMAX, "target_sec": 10.031}
-    (models / f"{PREFIX[variant]}_summary.jsonl").write_text(json.dumps(summary) + "\n")
+    line = {"sigma_data": SD, "sigma_min": SMIN, "sigma_max": SMAX, "target_sec": 10.031}
+    line.update(summary or {})
+    (models / f"{PREFIX[variant]}_summary.jsonl").write_text(json.dumps(line) + "\n")
     stats = z_stats()
     torch.save(stats, models / "z_stats.pth")
     clap_path = utils / (
@@ -207,14 +258,20 @@ def karras(n: int) -> list[float]:
     return [(hi + i / n * (lo - hi)) ** 7 for i in range(n + 1)]
 
 
-def ref_sample(parts: dict, variant: str, prompt: str, seed: int, steps: int, frames: int):
-    """x_T = 80 z (the seed's own CPU generator), gamma-0 chain of jumps, decode."""
+def ref_sample(
+    parts: dict, variant: str, prompt: str, seed: int, steps: int, frames: int, nu: float = 1.0
+):
+    """x_T = 80 z (the seed's own CPU generator), gamma-0 chain of jumps, decode. With nu != 1
+    each jump is G(x | "") + nu (G(x | prompt) - G(x | "")), omega 5 on both halves (the official
+    deterministic sampler)."""
     z = torch.randn((1, 8, frames), generator=torch.Generator().manual_seed(seed))
     sig = karras(steps)
     x = sig[0] * z
     tokens = ref_clap(parts, variant, [prompt])
+    empty = ref_clap(parts, variant, [""])
     for a, b in itertools.pairwise(sig):
-        x = ref_jump(parts, x, a, b, 5.0, tokens)
+        cond = ref_jump(parts, x, a, b, 5.0, tokens)
+        x = cond if nu == 1.0 else (u := ref_jump(parts, x, a, b, 5.0, empty)) + nu * (cond - u)
     mean, std = parts["stats"]["z_mean"][None, :, None], parts["stats"]["z_std"][None, :, None]
     return ref_decode(parts["dac"], DAC_KWARGS, 2 * std * x + mean)[:, 0]
 
@@ -277,6 +334,20 @@ def test_samples_decode_as_the_official(official, imported, steps):
     ref = ref_sample(parts, variant, PROMPT, 4, steps, frames)[:, :n]
     assert rel(gen.audio, ref) <= 1e-4
     assert float(gen.audio.abs().max()) > 1e-3  # not a silent pass
+
+
+def test_guided_samples_take_the_empty_prompt_with_omega_on_both_halves(official, imported):
+    """nu != 1: the unconditional half is CLAP's embedding of "" (not zeros) and gets omega too,
+    as in the official deterministic sampler (checked against the official code itself by
+    tests/parity)."""
+    variant, _, parts = official
+    pipe = Pipeline.load(imported)
+    gen = pipe.generate([PROMPT], seeds=[4], steps=2, nu=2.0, seconds=SECONDS)
+    n, frames = round(SECONDS * 44100), pipe.latent_shape(SECONDS)[-1]
+    ref = ref_sample(parts, variant, PROMPT, 4, 2, frames, nu=2.0)[:, :n]
+    assert rel(gen.audio, ref) <= 1e-4
+    unguided = ref_sample(parts, variant, PROMPT, 4, 2, frames)[:, :n]
+    assert rel(unguided, ref) > 1e-3  # the guidance matters: a wrong half would fail above
 
 
 def test_the_official_clip_length_is_the_official_crop(imported):
@@ -459,8 +530,8 @@ def test_eval_model_runs_on_the_imported_model(imported, tmp_path):
     assert res["n"] == 2 and res["runs"][0]["metrics"]["fd"]["value"] > 0
 
 
-#: A narrow GaussianDAC with the released hop of 1024 (10.031 s = 432 frames), for the export
-#: check, which runs the graphs at the card's 10.031 s.
+#: A narrow GaussianDAC with the released hop of 1024 (10.031 s = 432 frames). (The export check
+#: runs the graphs on 64 frames, so hop 8, 55,296 frames at 10.031 s, exports too: 64 s, 1 GiB.)
 DAC_HOP_1024 = {**DAC_KWARGS, "encoder_rates": [8, 8, 16], "decoder_rates": [16, 8, 8]}
 
 

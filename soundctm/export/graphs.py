@@ -25,6 +25,10 @@ from soundctm.engine.ctm import CTM
 #: The fewest latent frames an exported graph accepts (0.32 s with the mel codec), unless the
 #: model's own clip is shorter.
 MIN_FRAMES = 32
+#: The export check runs the graphs on the shortest clip with this many frames on every frame
+#: axis (the card's clip if that is shorter), not on the card's whole clip: a long clip with a
+#: fine latent (10 s at hop 8: 55,296 frames) would make the check's attention alone tens of GB.
+CHECK_FRAMES = 2 * MIN_FRAMES
 
 
 class HalfBackbone(nn.Module):
@@ -86,6 +90,25 @@ def frame_axes(autoencoder: Any, seconds: float, max_seconds: float) -> list[int
     return [i for i, (p, q) in enumerate(zip(a, b, strict=True)) if p != q]
 
 
+def check_seconds(autoencoder: Any, seconds: float, axes: list[int]) -> float:
+    """The clip length the export check runs the graphs at: the shortest with ``CHECK_FRAMES``
+    frames on every frame axis, never past ``seconds`` (the card's clip). It lies inside the
+    exported frame range, whose minimum is at most ``MIN_FRAMES``. Without frame axes (a
+    fixed-length model) it is ``seconds``."""
+
+    def frames(secs: float) -> int:
+        return min(int(autoencoder.latent_shape(secs)[i]) for i in axes)
+
+    if not axes or frames(seconds) <= CHECK_FRAMES:
+        return seconds
+    secs = seconds * CHECK_FRAMES / frames(seconds)  # frames grow in proportion to the length
+    for _ in range(32):
+        if frames(secs) >= CHECK_FRAMES:
+            return secs
+        secs *= 1.05
+    return seconds
+
+
 def samples_per_frame(
     autoencoder: Any, sample_rate: int, seconds: float, max_seconds: float
 ) -> int | None:
@@ -130,6 +153,7 @@ def graph_input_names(module: nn.Module) -> list[str]:
 
 
 __all__ = [
+    "CHECK_FRAMES",
     "MIN_FRAMES",
     "DecoderGraph",
     "HalfBackbone",

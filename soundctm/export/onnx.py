@@ -60,6 +60,7 @@ from soundctm.export.graphs import (
     DecoderGraph,
     HalfBackbone,
     NetworkGraph,
+    check_seconds,
     decoder_example,
     frame_axes,
     graph_input_names,
@@ -252,6 +253,10 @@ def export_onnx(
     seconds, max_seconds = card.seconds, card.max_seconds
     latent = tuple(int(n) for n in pipe.latent_shape(seconds))
     axes = frame_axes(pipe.autoencoder, seconds, max_seconds)
+    # The graphs are traced and checked on a short clip inside the dynamic range, not the card's
+    # whole clip (which can be long with a fine latent).
+    check_secs = check_seconds(pipe.autoencoder, seconds, axes)
+    example = tuple(int(n) for n in pipe.latent_shape(check_secs))
     spf = samples_per_frame(pipe.autoencoder, card.sample_rate, seconds, max_seconds)
     max_latent = tuple(int(n) for n in pipe.latent_shape(max_seconds))
 
@@ -269,7 +274,7 @@ def export_onnx(
         )
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn((2, *latent), generator=g).to(device)
+    x = torch.randn((2, *example), generator=g).to(device)
     tokens = torch.randn(2, 5, int(encoder.dim), generator=g).to(device)
     mask = torch.ones(2, 5, dtype=torch.bool, device=device)
     mask[1, 3:] = False
@@ -310,7 +315,7 @@ def export_onnx(
             FP16_CHECK_TOLERANCE if fp16 else CHECK_TOLERANCE,
         )
         emit(callback, Message(f"exporting the autoencoder {names['autoencoder']!r} (decoder)"))
-        latents = decoder_example(pipe.autoencoder, card.sample_rate, seconds, x)
+        latents = decoder_example(pipe.autoencoder, card.sample_rate, check_secs, x)
         check_diffs["decoder"] = _export_graph(
             "autoencoder",
             names["autoencoder"],
@@ -375,6 +380,7 @@ def export_onnx(
             },
             "graphs": {k: {"file": f"{k}.onnx", **_io_spec(tmp / f"{k}.onnx")} for k in GRAPHS},
             "export_check_max_abs_diff": check_diffs,
+            "export_check_seconds": check_secs,
             "export_check_decoder": (
                 "spectral convergence (phase retrieval)"
                 if phase_retrieval(pipe.autoencoder)
