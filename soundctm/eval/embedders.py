@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from soundctm.engine.audio import resample
 from soundctm.engine.dsp import mel_filterbank
 from soundctm.errors import InvalidArgumentError
 from soundctm.eval.weights import WeightsFileError, WeightsNotFoundError
@@ -103,8 +102,25 @@ def has_text(embedder: object) -> bool:
 
 def resample_for(embedder: Embedder, audio: Tensor, sample_rate: int) -> Tensor:
     """``audio`` ``[..., n]`` at ``sample_rate`` resampled to ``embedder.sample_rate`` with
-    :func:`soundctm.engine.audio.resample` (windowed sinc); unchanged when the rates agree."""
-    return resample(audio, int(sample_rate), int(embedder.sample_rate))
+    :func:`resample_hq` (soxr, as the reference tools do); unchanged when the rates agree."""
+    return resample_hq(audio, int(sample_rate), int(embedder.sample_rate))
+
+
+def resample_hq(audio: Tensor, orig_sr: int, new_sr: int) -> Tensor:
+    """``audio`` ``[..., n]`` resampled with soxr's "HQ" quality, what ``librosa.load(sr=...)``
+    does (``res_type="soxr_hq"``, librosa's default), in float32. The evaluation references
+    (stable-audio-metrics, hear21passt, openl3) load audio with librosa, so every embedder gets
+    its rate this way. Output length: soxr's, ``ceil(n * new_sr / orig_sr)``."""
+    if int(orig_sr) == int(new_sr):
+        return audio
+    import soxr
+
+    x = audio.detach().to("cpu", torch.float32)
+    flat = x.reshape(-1, x.shape[-1]).numpy()
+    y = soxr.resample(np.ascontiguousarray(flat.T), int(orig_sr), int(new_sr), quality="HQ")
+    y = np.asarray(y, dtype=np.float32).reshape(-1, flat.shape[0]).T
+    out = torch.from_numpy(np.ascontiguousarray(y)).reshape(*x.shape[:-1], y.shape[-1])
+    return out.to(audio.device)
 
 
 # -- weight files -------------------------------------------------------------------------------
