@@ -69,6 +69,8 @@ CHUNK_FRAMES = CLIP_SAMPLES // HOP + 1
 #: Peak level of stable-audio-metrics' ``pyln.normalize.peak(audio, -1.0)``.
 PEAK_DB = -1.0
 AUDIO_PREFIX = "audio_branch."
+#: The RoBERTa tokenizer (a folder or hub id) when none is passed; default ``roberta-base``.
+TOKENIZER_ENV = "SOUNDCTM_CLAP_TOKENIZER"
 
 
 # -- the front end --------------------------------------------------------------------------------
@@ -325,7 +327,8 @@ class LaionClapEmbedder(nn.Module):
     of ``630k-audioset-best.pt`` (``fusion=True``: ``630k-audioset-fusion-best.pt``) through
     :func:`soundctm.eval.weights.fetch_weights`. Whether the model is the fusion one is read from
     the file; ``fusion`` set explicitly must agree. ``tokenizer``: the RoBERTa tokenizer (a
-    folder or ``roberta-base`` from the Hugging Face cache). ``peak_normalise``: scale each clip to
+    folder or hub id; default ``SOUNDCTM_CLAP_TOKENIZER``, else ``roberta-base`` from the Hugging
+    Face cache). ``peak_normalise``: scale each clip to
     -1 dBFS first (stable-audio-metrics does; audioldm_eval does not). Audio: ``[B, n]`` float32
     mono at 48 kHz.
     """
@@ -338,7 +341,7 @@ class LaionClapEmbedder(nn.Module):
         weights: str | os.PathLike | None = None,
         *,
         fusion: bool | None = None,
-        tokenizer: str = "roberta-base",
+        tokenizer: str | None = None,
         peak_normalise: bool = True,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
@@ -346,6 +349,7 @@ class LaionClapEmbedder(nn.Module):
         super().__init__()
         from soundctm.builtin.clap import ClapTextEncoder, clap_text_state
 
+        tokenizer = tokenizer or os.environ.get(TOKENIZER_ENV, "").strip() or "roberta-base"
         spec = CLAP_FUSION if fusion else CLAP
         path = fetch_weights(spec, weights)
         self.weights_path = Path(path)
