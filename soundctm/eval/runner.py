@@ -274,7 +274,7 @@ def evaluate_model(
     results = EvalResults(
         mode="model",
         n=len(ps.keys),
-        sample_rate=rate,
+        sample_rate=_preset_rate(preset) if preset else rate,
         preset=preset,
         metrics=chosen.names,
         skipped=chosen.skipped,
@@ -402,7 +402,7 @@ def compare_models(
     results = EvalResults(
         mode="compare",
         n=len(ps.keys),
-        sample_rate=rate_a,
+        sample_rate=_preset_rate(preset) if preset else rate_a,
         preset=preset,
         metrics=chosen.names,
         skipped=chosen.skipped,
