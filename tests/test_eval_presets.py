@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 from laion_clap_standin import laion_state, save_laion
 from test_clap import write_tokenizer
-from test_eval import check_report, run, write_wavs
+from test_eval import assert_one_line_error, check_report, run, write_wavs
 
 from soundctm import hookimpl
 
@@ -113,7 +114,11 @@ def test_both_presets_give_a_complete_report_on_folders(tmp_path, presets_ready)
     caps.write_text("file_name,caption\n" + "".join(f"{n}.wav,tone {n}\n" for n in names))
     for preset, (rate, metrics, embedders) in EXPECTED.items():
         out = tmp_path / preset
-        r = run(gen, "--reference", ref, "--captions", caps, "--preset", preset, "-o", out)
+        flag = ["--weights", f"clap={presets_ready['clap']}"] if preset == "audioldm" else []
+        if flag:  # the flag instead of the variable
+            os.environ.pop("SOUNDCTM_CLAP_WEIGHTS")
+        r = run(gen, "--reference", ref, "--captions", caps, "--preset", preset, "-o", out, *flag)
+        os.environ["SOUNDCTM_CLAP_WEIGHTS"] = str(presets_ready["clap"])
         assert r.exit_code == 0, r.output
         res = json.loads((out / "results.json").read_text())
         check_report(out, res)
@@ -153,3 +158,9 @@ def test_a_preset_on_a_model_resamples_to_its_rate(tmp_path, presets_ready):
     assert res["seconds"] == 1.0 and res["sample_rate"] == 16000  # the model makes 8 kHz
     assert all(np.isfinite(v["value"]) for v in res["runs"][0]["metrics"].values())
     assert res["embedders"]["vggish"]["weights"][0]["file"] == "vggish-10086976.pth"
+
+
+def test_bad_weights_flag_is_one_line(tmp_path):
+    gen = write_wavs(tmp_path / "gen", ["a", "b"])
+    for value, fragment in (("nope=/x", "unknown embedder 'nope'"), ("clap", "NAME=PATH")):
+        assert_one_line_error(run(gen, "--weights", value, "-o", tmp_path / "o"), fragment)
