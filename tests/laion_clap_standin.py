@@ -57,8 +57,16 @@ def _ln(prefix: str, n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
     }
 
 
-def htsat_state(g: torch.Generator, fusion: bool = False) -> dict[str, torch.Tensor]:
-    """``audio_branch.*`` of a tiny HTSAT (laion names)."""
+def htsat_state(
+    g: torch.Generator,
+    fusion: bool = False,
+    embed: int = EMBED,
+    depths: tuple[int, ...] = DEPTHS,
+    heads: tuple[int, ...] = HEADS,
+) -> dict[str, torch.Tensor]:
+    """``audio_branch.*`` of an HTSAT (laion names); tiny by default, HTSAT-tiny with
+    ``embed=96, depths=(2, 2, 6, 2), heads=(4, 8, 16, 32)``."""
+    EMBED, DEPTHS, HEADS = embed, depths, heads
     s: dict[str, torch.Tensor] = {}
     a = "audio_branch."
     # torchlibrosa's frozen STFT / mel parameters travel in the checkpoint (sizes of the real one)
@@ -137,12 +145,22 @@ def text_state(vocab: int, g: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def laion_state(
-    vocab: int, *, fusion: bool = False, seed: int = 0, position_ids: bool = True
+    vocab: int,
+    *,
+    fusion: bool = False,
+    seed: int = 0,
+    position_ids: bool = True,
+    embed: int = EMBED,
+    depths: tuple[int, ...] = DEPTHS,
+    heads: tuple[int, ...] = HEADS,
+    joint: int = JOINT,
 ) -> dict[str, torch.Tensor]:
-    """The whole state dict (without ``module.``)."""
+    """The whole state dict (without ``module.``); the audio sizes as :func:`htsat_state`,
+    ``joint`` the shared embedding width (512 in the release)."""
+    JOINT = joint
     g = torch.Generator().manual_seed(seed)
-    final = EMBED * 2 ** (len(DEPTHS) - 1)
-    s = htsat_state(g, fusion)
+    final = embed * 2 ** (len(depths) - 1)
+    s = htsat_state(g, fusion, embed, depths, heads)
     s.update(text_state(vocab, g))
     if not position_ids:
         s.pop("text_branch.embeddings.position_ids", None)

@@ -240,7 +240,7 @@ def record(spec: WeightSpec, path: Path) -> WeightRecord:
 def _hint(spec: WeightSpec) -> str:
     return (
         f"download {spec.filename} ({spec.size_text}) from {spec.url} and set "
-        f"{spec.env}=/path/to/{spec.filename} (or pass its path as the embedder's weights)"
+        f"{spec.env}=/path/to/{spec.filename} (or pass it with soundctm eval --weights NAME=PATH)"
     )
 
 
