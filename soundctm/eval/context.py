@@ -18,7 +18,14 @@ from soundctm.errors import DataError
 from soundctm.eval.cache import DEFAULT_CACHE, EmbeddingCache, cache_namespace
 from soundctm.eval.evalset import EvalSet
 from soundctm.eval.results import CacheInfo, EmbedderInfo
+from soundctm.eval.weights import progress_to
 from soundctm.events import Callback, EvalStage, EvalTick, emit
+
+
+def _weight_json(w: Any) -> dict[str, str]:
+    """A weight record (``WeightRecord`` or a plugin's own dict) as plain strings."""
+    data = w.to_json() if callable(getattr(w, "to_json", None)) else dict(w)
+    return {str(k): str(v) for k, v in data.items()}
 
 
 class EvalContext:
@@ -47,7 +54,8 @@ class EvalContext:
         mode on first use)."""
         key = json.dumps([name, params], sort_keys=True, default=str)
         if key not in self._embedders:
-            emb = self.registry.build("embedder", name, **params)
+            with progress_to(self.callback):
+                emb = self.registry.build("embedder", name, **params)
             if callable(getattr(emb, "to", None)):
                 emb = emb.to(self.device)
             if callable(getattr(emb, "eval", None)):
@@ -62,6 +70,7 @@ class EvalContext:
                 checksum=str(getattr(e, "checksum", "none")),
                 sample_rate=int(e.sample_rate),
                 dim=int(e.dim),
+                weights=tuple(_weight_json(w) for w in getattr(e, "weights", None) or ()),
             )
             for e in self._embedders.values()
         }

@@ -6,11 +6,13 @@ same space (CLAP score). Registered through the ``register_embedders`` hook, eac
 returning an object that satisfies :class:`Embedder`.
 
 Adding a published model (PANNs, PaSST, OpenL3, LAION-CLAP) follows :mod:`soundctm.eval.vggish`:
-write the architecture in torch with the state-dict keys of its public weight file, find the
-file with :func:`resolve_weights` (an argument or a ``SOUNDCTM_*_WEIGHTS`` variable; never a
+write the architecture in torch with the state-dict keys of its public weight file, describe the
+file with a :class:`soundctm.eval.weights.WeightSpec` (pinned SHA-256, source, variable) and find
+it with :func:`soundctm.eval.weights.fetch_weights` (argument > ``SOUNDCTM_*_WEIGHTS`` > cache >
 download), read it with :func:`load_weight_file` (``weights_only=True`` or safetensors), set
-``checksum`` to :func:`soundctm.engine.checkpoint.sha256_file` of the file, and add ``logits``
-(PANNs, PaSST) or ``embed_text`` (CLAP) when the model has them.
+``checksum`` to its SHA-256 and ``weights`` to its :func:`soundctm.eval.weights.record` (the
+report names each file and hash), and add ``logits`` (PANNs, PaSST) or ``embed_text`` (CLAP)
+when the model has them.
 """
 
 from __future__ import annotations
@@ -27,16 +29,8 @@ from torch import Tensor, nn
 
 from soundctm.engine.audio import resample
 from soundctm.engine.dsp import mel_filterbank
-from soundctm.errors import InvalidArgumentError, SoundCTMError
-
-
-class WeightsNotFoundError(SoundCTMError):
-    """An embedder's weight file is not where it was asked for (nothing is ever downloaded)."""
-
-
-class WeightsFileError(SoundCTMError):
-    """An embedder's weight file exists but cannot be used: unreadable, not a plain tensor file
-    (a pickle with code or objects is refused), or not the expected model."""
+from soundctm.errors import InvalidArgumentError
+from soundctm.eval.weights import WeightsFileError, WeightsNotFoundError
 
 
 @runtime_checkable
@@ -117,7 +111,8 @@ def resample_for(embedder: Embedder, audio: Tensor, sample_rate: int) -> Tensor:
 
 
 def resolve_weights(path: str | os.PathLike | None, env_var: str, hint: str) -> Path:
-    """The weight file given by ``path``, else by the environment variable ``env_var``.
+    """The weight file given by ``path``, else by the environment variable ``env_var`` (no cache,
+    no download: for files without a :class:`~soundctm.eval.weights.WeightSpec`).
 
     Raises :class:`WeightsNotFoundError` (one line: the path looked at, then ``hint``, which says
     where to get the file and how to pass it) when neither names an existing file.
