@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from soundctm.engine.audio import resample
 from soundctm.engine.dsp import mel_filterbank
 from soundctm.errors import InvalidArgumentError
 from soundctm.eval.weights import WeightsFileError, WeightsNotFoundError
@@ -101,10 +100,30 @@ def has_text(embedder: object) -> bool:
     return isinstance(embedder, TextAudioEmbedder)
 
 
+def resample_soxr(audio: Tensor, orig_sr: int, new_sr: int) -> Tensor:
+    """``audio`` ``[..., n]`` resampled with libsoxr at its "HQ" quality (``soxr.resample``'s
+    default), the resampler of the reference evaluation tools: stable-audio-metrics calls it
+    directly, and librosa >= 0.10 (its ``librosa.load(sr=...)``) uses it as ``soxr_hq``. Output
+    ``round(n * new_sr / orig_sr)`` samples, float32 on ``audio``'s device; unchanged when the
+    rates agree."""
+    import soxr
+
+    if int(orig_sr) == int(new_sr):
+        return audio
+    if orig_sr <= 0 or new_sr <= 0:
+        raise InvalidArgumentError(f"sample rates must be positive, got {orig_sr} and {new_sr}")
+    shape = audio.shape
+    x = audio.detach().reshape(-1, shape[-1]).to("cpu", torch.float32).numpy()
+    y = soxr.resample(np.ascontiguousarray(x.T), int(orig_sr), int(new_sr), quality="HQ")
+    y = np.asarray(y, dtype=np.float32).reshape(-1, x.shape[0]).T
+    return torch.from_numpy(np.ascontiguousarray(y)).reshape(*shape[:-1], -1).to(audio.device)
+
+
 def resample_for(embedder: Embedder, audio: Tensor, sample_rate: int) -> Tensor:
     """``audio`` ``[..., n]`` at ``sample_rate`` resampled to ``embedder.sample_rate`` with
-    :func:`soundctm.engine.audio.resample` (windowed sinc); unchanged when the rates agree."""
-    return resample(audio, int(sample_rate), int(embedder.sample_rate))
+    :func:`resample_soxr` (libsoxr HQ, as the reference tools); unchanged when the rates
+    agree."""
+    return resample_soxr(audio, int(sample_rate), int(embedder.sample_rate))
 
 
 # -- weight files -------------------------------------------------------------------------------

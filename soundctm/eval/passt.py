@@ -6,8 +6,8 @@ The network reproduces ``hear21passt``'s ``passt_s_swa_p16_128_ap476`` (a DeiT-B
 frequency and time positional embeddings, class and distillation tokens) key for key, so the
 released ``passt-s-f128-p16-s10-ap.476-swa.pt`` (kkoutini/PaSST releases) loads unchanged. The
 ``hear21passt`` package itself needs torchaudio, so it is not used; its mel front end
-(``AugmentMelSTFT`` in evaluation mode) is rewritten here. Nothing is downloaded; the user passes
-the file.
+(``AugmentMelSTFT`` in evaluation mode) is rewritten here. The file is found, or downloaded into the
+cache, by :func:`soundctm.eval.weights.fetch_weights` with the spec :data:`PASST`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from soundctm.engine.checkpoint import sha256_file
 from soundctm.errors import InvalidArgumentError
-from soundctm.eval.embedders import WeightsFileError, load_weight_file, resolve_weights
+from soundctm.eval.embedders import load_weight_file
+from soundctm.eval.weights import (
+    WeightRecord,
+    WeightsFileError,
+    WeightSpec,
+    fetch_weights,
+    record,
+)
 
 # hear21passt.base.get_basic_model: AugmentMelSTFT(n_mels=128, sr=32000, win_length=800,
 # hopsize=320, n_fft=1024, fmin=0, fmax=None -> sr // 2 - fmax_aug_range // 2 = 15000)
@@ -46,13 +52,21 @@ MIN_SAMPLES = 15 * HOP_LENGTH + 1
 PROTOCOLS = ("audioldm", "stable-audio")
 COLLECTS = ("mean", "max")
 
-#: The environment variable naming the weight file when no path is passed.
-WEIGHTS_ENV = "SOUNDCTM_PASST_WEIGHTS"
 WEIGHTS_FILE = "passt-s-f128-p16-s10-ap.476-swa.pt"
-WEIGHTS_HINT = (
-    f"download {WEIGHTS_FILE} (kkoutini/PaSST releases, v0.0.1-audioset) yourself and pass "
-    f"--weights / set {WEIGHTS_ENV}"
+#: hear21passt's ``passt_s_swa_p16_128_ap476`` weights. No published SHA-256 was found (the
+#: release page lists none): unpinned, the report names the hash of the file used.
+PASST = WeightSpec(
+    name="passt-s-swa-p16-128-ap476",
+    filename=WEIGHTS_FILE,
+    sha256="",
+    size=None,
+    size_hint="about 350 MB",
+    source=f"https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/{WEIGHTS_FILE}",
+    env="SOUNDCTM_PASST_WEIGHTS",
+    description="PaSST-S AudioSet classifier, mAP .476, SWA (kkoutini/PaSST release v0.0.1)",
 )
+#: The environment variable naming the weight file when no path is passed.
+WEIGHTS_ENV = PASST.env
 
 
 # -- front end ----------------------------------------------------------------------------------
@@ -374,7 +388,9 @@ class PaSSTEmbedder:
 
     ``weights``: path to ``passt-s-f128-p16-s10-ap.476-swa.pt`` (a torch pickle of the state
     dict, read with ``weights_only=True``) or the same tensors as ``.safetensors``; default: the
-    environment variable ``SOUNDCTM_PASST_WEIGHTS``. ``checksum`` is the file's SHA-256.
+    environment variable ``SOUNDCTM_PASST_WEIGHTS``, else the cache, else a download
+    (:func:`~soundctm.eval.weights.fetch_weights` with :data:`PASST`). ``checksum`` is the
+    file's SHA-256, ``weights`` its :class:`~soundctm.eval.weights.WeightRecord`.
     Audio: ``[B, n]`` float32 mono at 32 kHz.
 
     ``protocol`` chooses how a clip becomes PaSST input (docs/eval.md):
@@ -410,9 +426,11 @@ class PaSSTEmbedder:
             raise InvalidArgumentError(
                 f"passt collect must be one of {', '.join(COLLECTS)}, got {collect!r}"
             )
-        path = resolve_weights(weights, WEIGHTS_ENV, WEIGHTS_HINT)
+        path = fetch_weights(PASST, weights)
         self.weights_path = Path(path)
-        self.checksum = sha256_file(Path(path))
+        rec = record(PASST, self.weights_path)
+        self.checksum = rec.sha256
+        self.weights: list[WeightRecord] = [rec]
         self.protocol = protocol
         self.collect = collect
         #: What else the cache must key on: the same file under another protocol gives other
@@ -496,6 +514,7 @@ class PaSSTEmbedder:
 
 
 __all__ = [
+    "PASST",
     "WEIGHTS_ENV",
     "WEIGHTS_FILE",
     "PaSST",
