@@ -81,7 +81,7 @@ def kaldi_mel_banks(
 ) -> Tensor:
     """Kaldi's triangular mel filters ``[n_mels, n_fft // 2 + 1]`` (no VTLN warping), as
     ``torchaudio.compliance.kaldi.get_mel_banks`` with a zero column appended for the Nyquist
-    bin, which is what hear21passt multiplies the power spectrum with (docs/method.md, PaSST).
+    bin, which is what hear21passt multiplies the power spectrum with (docs/eval.md, PaSST).
 
     Mel scale ``1127 ln(1 + f / 700)``; band edges evenly spaced in mel between ``f_min`` and
     ``f_max`` (``n_mels + 2`` points); FFT bin ``k`` sits at ``k * sample_rate / n_fft``; weight
