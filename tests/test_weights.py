@@ -151,3 +151,17 @@ def test_a_corrupt_cached_file_is_an_error_and_prefix_pins(tmp_path):
     )
     assert record(replace(spec, sha256="0" * 8), cache_dir() / spec.filename).status == "differs"
     assert record(replace(spec, sha256=""), cache_dir() / spec.filename).status == "unpinned"
+
+
+def test_paths_given_with_the_flag_come_before_the_variable(tmp_path, monkeypatch):
+    from soundctm.eval.weights import weight_paths
+
+    spec = spec_for(tmp_path)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(PAYLOAD)
+    b.write_bytes(PAYLOAD)
+    monkeypatch.setenv(spec.env, str(a))
+    with weight_paths({spec.env: str(b)}):
+        assert fetch_weights(spec) == b
+        assert fetch_weights(spec, a) == a  # an argument still wins
+    assert fetch_weights(spec) == a

@@ -100,30 +100,27 @@ def has_text(embedder: object) -> bool:
     return isinstance(embedder, TextAudioEmbedder)
 
 
-def resample_soxr(audio: Tensor, orig_sr: int, new_sr: int) -> Tensor:
-    """``audio`` ``[..., n]`` resampled with libsoxr at its "HQ" quality (``soxr.resample``'s
-    default), the resampler of the reference evaluation tools: stable-audio-metrics calls it
-    directly, and librosa >= 0.10 (its ``librosa.load(sr=...)``) uses it as ``soxr_hq``. Output
-    ``round(n * new_sr / orig_sr)`` samples, float32 on ``audio``'s device; unchanged when the
-    rates agree."""
-    import soxr
-
-    if int(orig_sr) == int(new_sr):
-        return audio
-    if orig_sr <= 0 or new_sr <= 0:
-        raise InvalidArgumentError(f"sample rates must be positive, got {orig_sr} and {new_sr}")
-    shape = audio.shape
-    x = audio.detach().reshape(-1, shape[-1]).to("cpu", torch.float32).numpy()
-    y = soxr.resample(np.ascontiguousarray(x.T), int(orig_sr), int(new_sr), quality="HQ")
-    y = np.asarray(y, dtype=np.float32).reshape(-1, x.shape[0]).T
-    return torch.from_numpy(np.ascontiguousarray(y)).reshape(*shape[:-1], -1).to(audio.device)
-
-
 def resample_for(embedder: Embedder, audio: Tensor, sample_rate: int) -> Tensor:
     """``audio`` ``[..., n]`` at ``sample_rate`` resampled to ``embedder.sample_rate`` with
-    :func:`resample_soxr` (libsoxr HQ, as the reference tools); unchanged when the rates
-    agree."""
-    return resample_soxr(audio, int(sample_rate), int(embedder.sample_rate))
+    :func:`resample_hq` (soxr, as the reference tools do); unchanged when the rates agree."""
+    return resample_hq(audio, int(sample_rate), int(embedder.sample_rate))
+
+
+def resample_hq(audio: Tensor, orig_sr: int, new_sr: int) -> Tensor:
+    """``audio`` ``[..., n]`` resampled with soxr's "HQ" quality, what ``librosa.load(sr=...)``
+    does (``res_type="soxr_hq"``, librosa's default), in float32. The evaluation references
+    (stable-audio-metrics, hear21passt, openl3) load audio with librosa, so every embedder gets
+    its rate this way. Output length: soxr's, ``ceil(n * new_sr / orig_sr)``."""
+    if int(orig_sr) == int(new_sr):
+        return audio
+    import soxr
+
+    x = audio.detach().to("cpu", torch.float32)
+    flat = x.reshape(-1, x.shape[-1]).numpy()
+    y = soxr.resample(np.ascontiguousarray(flat.T), int(orig_sr), int(new_sr), quality="HQ")
+    y = np.asarray(y, dtype=np.float32).reshape(-1, flat.shape[0]).T
+    out = torch.from_numpy(np.ascontiguousarray(y)).reshape(*x.shape[:-1], y.shape[-1])
+    return out.to(audio.device)
 
 
 # -- weight files -------------------------------------------------------------------------------

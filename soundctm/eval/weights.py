@@ -5,7 +5,8 @@ Every published model an embedder loads is described by a :class:`WeightSpec` (t
 SHA-256, size, source, the environment variable that overrides it). :func:`fetch_weights` looks,
 in this order, at
 
-1. an explicit path (an embedder argument such as ``weights=``, a CLI flag);
+1. an explicit path (an embedder argument such as ``weights=``, or ``soundctm eval --weights
+   NAME=PATH`` through :func:`weight_paths`);
 2. the spec's environment variable (``SOUNDCTM_CLAP_WEIGHTS`` ...);
 3. the cache, ``$SOUNDCTM_CACHE/weights`` (default ``~/.cache/soundctm/weights``);
 4. a download from the spec's source (a Hugging Face repository file, or a release URL) into
@@ -171,6 +172,25 @@ def progress_to(callback: Callback | None) -> Iterator[None]:
         _CALLBACK.reset(token)
 
 
+# -- paths given on the command line -----------------------------------------------------------
+
+_GIVEN: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "soundctm_weights_given", default=None
+)
+
+
+@contextlib.contextmanager
+def weight_paths(paths: dict[str, str]) -> Iterator[None]:
+    """Inside the block, :func:`fetch_weights` takes the file of every spec whose variable is a
+    key of ``paths`` from there (``{"SOUNDCTM_CLAP_WEIGHTS": "/data/clap.pt"}``), before the
+    environment: what ``soundctm eval --weights NAME=PATH`` sets."""
+    token = _GIVEN.set({**(_GIVEN.get() or {}), **paths})
+    try:
+        yield
+    finally:
+        _GIVEN.reset(token)
+
+
 # -- hashing ------------------------------------------------------------------------------------
 
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -220,7 +240,7 @@ def record(spec: WeightSpec, path: Path) -> WeightRecord:
 def _hint(spec: WeightSpec) -> str:
     return (
         f"download {spec.filename} ({spec.size_text}) from {spec.url} and set "
-        f"{spec.env}=/path/to/{spec.filename} (or pass its path as the embedder's weights)"
+        f"{spec.env}=/path/to/{spec.filename} (or pass it with soundctm eval --weights NAME=PATH)"
     )
 
 
@@ -249,8 +269,9 @@ def fetch_weights(
     callback: Callback | None = None,
     opener: Callable[[str], Any] | None = None,
 ) -> Path:
-    """The local path of the weight file ``spec``: ``path`` > ``$spec.env`` > the cache > a
-    download (see the module docstring). ``download=False`` stops before downloading.
+    """The local path of the weight file ``spec``: ``path`` > a path given with
+    :func:`weight_paths` (``--weights``) > ``$spec.env`` > the cache > a download (see the module
+    docstring). ``download=False`` stops before downloading.
     ``opener(url)`` stands in for :func:`urllib.request.urlopen` (a response with ``read(n)``
     and optionally ``headers``); tests pass ``file://`` sources or their own opener.
 
@@ -261,6 +282,9 @@ def fetch_weights(
     callback = callback if callback is not None else _CALLBACK.get()
     if path is not None and str(path):
         return _user_file(spec, str(path), "given path", callback)
+    given = (_GIVEN.get() or {}).get(spec.env)
+    if given:
+        return _user_file(spec, given, "--weights", callback)
     env = os.environ.get(spec.env, "").strip()
     if env:
         return _user_file(spec, env, spec.env, callback)
@@ -424,4 +448,5 @@ __all__ = [
     "progress_to",
     "record",
     "sha256_of",
+    "weight_paths",
 ]
