@@ -433,9 +433,6 @@ class PaSSTEmbedder:
         self.weights: list[WeightRecord] = [rec]
         self.protocol = protocol
         self.collect = collect
-        #: What else the cache must key on: the same file under another protocol gives other
-        #: numbers.
-        self.variant = protocol if protocol == "audioldm" else f"{protocol}-{collect}"
         self.model = PaSST.from_state_dict(load_weight_file(path), source=f"weight file {path}")
         self.model.eval().to(device)
         self.mel = PaSSTMel().to(device)
@@ -448,6 +445,12 @@ class PaSSTEmbedder:
             f"PaSSTEmbedder({str(self.weights_path)!r}, protocol={self.protocol!r}, "
             f"checksum={self.checksum[:12]}...)"
         )
+
+    @property
+    def variant(self) -> str:
+        """What else the cache keys on: the same file under another protocol gives other
+        numbers."""
+        return self.protocol if self.protocol == "audioldm" else f"{self.protocol}-{self.collect}"
 
     @property
     def device(self) -> torch.device:
