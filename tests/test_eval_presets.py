@@ -27,6 +27,9 @@ class ToyPaSST:
     dim = 10
     checksum = "toy-passt"
 
+    def __init__(self, **params):  # the presets pass the protocol's settings
+        self.params = params
+
     def embed(self, audio):
         spec = torch.fft.rfft(audio, dim=-1).abs() ** 2
         return torch.log(torch.stack([b.sum(-1) for b in spec.chunk(self.dim, -1)], -1) + 1e-6)
@@ -42,6 +45,9 @@ class ToyOpenL3:
     sample_rate = 44100
     dim = 6
     checksum = "toy-openl3"
+
+    def __init__(self, **params):
+        self.params = params
 
     def embed_frames(self, audio):
         hop = self.sample_rate // 2

@@ -74,8 +74,8 @@ PRESETS: dict[str, Preset] = {
         16000,
         (
             ("fd", {"embedder": "vggish"}),
-            ("kl", {"classifier": "passt"}),
-            ("is", {"classifier": "passt"}),
+            ("kl", {"classifier": "passt", "embedder_params": {"protocol": "audioldm"}}),
+            ("is", {"classifier": "passt", "embedder_params": {"protocol": "audioldm"}}),
             ("clap", {"embedder": "clap"}),
         ),
         (WEIGHTS["vggish"], WEIGHTS["passt"], WEIGHTS["clap"]),
@@ -86,8 +86,17 @@ PRESETS: dict[str, Preset] = {
         "stable-audio",
         44100,
         (
-            ("fd", {"embedder": "openl3"}),
-            ("kl", {"classifier": "passt"}),
+            (
+                "fd",
+                {"embedder": "openl3", "embedder_params": {"content_type": "env", "hop_s": 0.5}},
+            ),
+            (
+                "kl",
+                {
+                    "classifier": "passt",
+                    "embedder_params": {"protocol": "stable-audio", "collect": "mean"},
+                },
+            ),
             ("clap", {"embedder": "clap"}),
             ("fd", {"embedder": "clap", "frames": False, "label": "fd-clap"}),
             ("mmd", {"embedder": "clap", "label": "mmd-clap"}),
