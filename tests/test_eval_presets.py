@@ -1,6 +1,7 @@
 """Both protocol presets end to end on tiny inputs, with stand-in weight files in each published
-format: a random torchvggish ``vggish-*.pth`` and a random laion ``630k-audioset-best.pt``.
-PaSST and OpenL3 are toy stand-ins registered under their names until built-in ones exist."""
+format: a random torchvggish ``vggish-*.pth``, a random laion ``630k-audioset-best.pt``, a
+narrow hear21passt PaSST and a narrow torchopenl3 OpenL3 (toy stand-ins are registered under
+those names only when no plugin provides them)."""
 
 from __future__ import annotations
 
@@ -86,7 +87,15 @@ def weight_files(tmp_path_factory):
     vggish = d / "vggish-10086976.pth"
     torch.save(VGGish().state_dict(), vggish)
     clap = save_laion(laion_state(vocab), d / "630k-audioset-best.pt")
-    return {"vggish": vggish, "clap": clap, "tokenizer": tok}
+    from soundctm.eval.openl3 import OpenL3
+    from soundctm.eval.passt import PaSST
+
+    # narrow PaSST / OpenL3 with the released key names, grid and front-end sizes
+    passt = d / "passt-s-f128-p16-s10-ap.476-swa.pt"
+    torch.save(PaSST(embed_dim=32, depth=1, num_heads=1, mlp_hidden=64).state_dict(), passt)
+    openl3 = d / "torchopenl3_mel256_env_512.pth.tar"
+    torch.save(OpenL3((4, 4, 8, 8, 8, 8, 16, 16)).state_dict(), openl3)
+    return {"vggish": vggish, "clap": clap, "tokenizer": tok, "passt": passt, "openl3": openl3}
 
 
 @pytest.fixture
@@ -99,6 +108,8 @@ def presets_ready(weight_files, monkeypatch):
     monkeypatch.setenv("SOUNDCTM_VGGISH_WEIGHTS", str(weight_files["vggish"]))
     monkeypatch.setenv("SOUNDCTM_CLAP_WEIGHTS", str(weight_files["clap"]))
     monkeypatch.setenv("SOUNDCTM_CLAP_TOKENIZER", str(weight_files["tokenizer"]))
+    monkeypatch.setenv("SOUNDCTM_PASST_WEIGHTS", str(weight_files["passt"]))
+    monkeypatch.setenv("SOUNDCTM_OPENL3_WEIGHTS", str(weight_files["openl3"]))
     return weight_files
 
 
@@ -145,8 +156,8 @@ def test_both_presets_give_a_complete_report_on_folders(tmp_path, presets_ready)
     r = run(gen, "--reference", gen, "--captions", caps, "--preset", "stable-audio", "-o", out)
     assert r.exit_code == 0, r.output
     m = json.loads((out / "results.json").read_text())["runs"][0]["metrics"]
-    # KL: 0 up to audioldm_eval's epsilon inside the log (at most classes x 1e-6)
-    assert abs(m["fd"]["value"]) < 1e-3 and m["kl"]["value"] == pytest.approx(0.0, abs=1e-4)
+    # KL: 0 up to audioldm_eval's epsilon inside the log (at most classes x 1e-6; PaSST: 527)
+    assert abs(m["fd"]["value"]) < 1e-3 and m["kl"]["value"] == pytest.approx(0.0, abs=6e-4)
     assert m["mmd-clap"]["value"] == pytest.approx(0.0, abs=1e-6)
 
 

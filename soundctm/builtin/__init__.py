@@ -138,6 +138,17 @@ EMBEDDERS = {
         "LAION-CLAP audio + text, 512-d at 48 kHz (630k-audioset-best.pt or the fusion one; "
         "weights=, SOUNDCTM_CLAP_WEIGHTS, the cache or a checked download)",
     ),
+    "passt": (
+        "soundctm.eval.passt:PaSSTEmbedder",
+        "PaSST-S AudioSet classifier (32 kHz): 527 logits for KL / IS, 768-d features; "
+        "protocol audioldm (one 10 s window) or stable-audio (10 s windows, hop 5 s); "
+        "passt-s-f128-p16-s10-ap.476-swa.pt via weights= or SOUNDCTM_PASST_WEIGHTS",
+    ),
+    "openl3": (
+        "soundctm.eval.openl3:OpenL3Embedder",
+        "OpenL3 mel256, 512-d per 1 s frame (48 kHz; FD of stable-audio-metrics), env or music; "
+        "torchopenl3 weights via weights= or SOUNDCTM_OPENL3_WEIGHTS",
+    ),
 }
 
 IMPORTERS = {
