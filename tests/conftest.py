@@ -25,12 +25,15 @@ for _key in [k for k in os.environ if k.startswith("SOUNDCTM_")]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registry(monkeypatch):
-    """Each test starts from the plugins that are installed, with no run-time additions."""
+def _fresh_registry(monkeypatch, tmp_path_factory):
+    """Each test starts from the plugins that are installed, with no run-time additions, an
+    empty weights cache and downloads forbidden (tests never download)."""
     from soundctm.plugins.registry import reset_registry
 
     for key in [k for k in os.environ if k.startswith("SOUNDCTM_")]:
         monkeypatch.delenv(key)
+    monkeypatch.setenv("SOUNDCTM_OFFLINE", "1")
+    monkeypatch.setenv("SOUNDCTM_CACHE", str(tmp_path_factory.mktemp("soundctm-cache")))
     reset_registry()
     yield
     reset_registry()

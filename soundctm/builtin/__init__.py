@@ -104,6 +104,10 @@ METRICS = {
         "KL divergence of classifier label distributions, paired by file name",
     ),
     "is": ("soundctm.eval.plugins:ISMetric", "Inception Score over classifier logits"),
+    "mmd": (
+        "soundctm.eval.plugins:MMDMetric",
+        "Squared MMD (Gaussian kernel, CMMD's estimator) on embeddings, e.g. CLAP audio",
+    ),
     "clap": (
         "soundctm.eval.plugins:ClapMetric",
         "CLAP score: audio-caption cosine similarity (needs a text-audio embedder)",
@@ -126,8 +130,24 @@ EMBEDDERS = {
     ),
     "vggish": (
         "soundctm.eval.vggish:VGGishEmbedder",
-        "VGGish, 128-d per 0.96 s (16 kHz FAD); your local torchvggish weights via weights= or "
-        "SOUNDCTM_VGGISH_WEIGHTS",
+        "VGGish, 128-d per 0.96 s (16 kHz FAD); torchvggish weights (weights=, "
+        "SOUNDCTM_VGGISH_WEIGHTS, the cache or a checked download)",
+    ),
+    "clap": (
+        "soundctm.eval.clap:LaionClapEmbedder",
+        "LAION-CLAP audio + text, 512-d at 48 kHz (630k-audioset-best.pt or the fusion one; "
+        "weights=, SOUNDCTM_CLAP_WEIGHTS, the cache or a checked download)",
+    ),
+    "passt": (
+        "soundctm.eval.passt:PaSSTEmbedder",
+        "PaSST-S AudioSet classifier (32 kHz): 527 logits for KL / IS, 768-d features; "
+        "protocol audioldm (one 10 s window) or stable-audio (10 s windows, hop 5 s); "
+        "passt-s-f128-p16-s10-ap.476-swa.pt via weights= or SOUNDCTM_PASST_WEIGHTS",
+    ),
+    "openl3": (
+        "soundctm.eval.openl3:OpenL3Embedder",
+        "OpenL3 mel256, 512-d per 1 s frame (48 kHz; FD of stable-audio-metrics), env or music; "
+        "torchopenl3 weights via weights= or SOUNDCTM_OPENL3_WEIGHTS",
     ),
 }
 

@@ -52,6 +52,10 @@ REPORT_OPTIONS: dict[str, Any] = {
         str | None, _opt("--embedder", text="Embedder of fd (default: mel-stats, not VGGish).")
     ],
     "classifier": Annotated[str | None, _opt("--classifier", text="Classifier of kl and is.")],
+    "weights": Annotated[
+        list[str] | None,
+        _opt("--weights", text="NAME=PATH: the weight file of embedder NAME (repeatable)."),
+    ],
     "fad_inf": Annotated[bool | None, _opt("--fad-inf", text="Add FAD-infinity to fd.")],
     "out": out_option("outputs/eval", "Report folder"),
     "cache_dir": Annotated[
@@ -108,7 +112,26 @@ eval_app = typer.Typer(
 
 def _settings(flags: dict[str, Any], **own: Any) -> EvalSettings:
     shared = dict(flags)
+    shared.pop("weights", None)
     return load_settings(EvalSettings, shared.pop("config"), **shared, **own)
+
+
+def weight_flags(values: list[str] | None) -> dict[str, str]:
+    """``--weights NAME=PATH`` values as ``{variable: path}`` for
+    :func:`soundctm.eval.weights.weight_paths` (NAME: vggish, passt, clap, openl3)."""
+    from soundctm.eval.presets import WEIGHTS
+
+    out: dict[str, str] = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep or not path.strip():
+            raise InvalidArgumentError(f"--weights takes NAME=PATH, got {value!r}")
+        if name.strip() not in WEIGHTS:
+            raise InvalidArgumentError(
+                f"--weights: unknown embedder {name!r}; use one of {', '.join(sorted(WEIGHTS))}"
+            )
+        out[WEIGHTS[name.strip()].env] = path.strip()
+    return out
 
 
 def _common(s: EvalSettings) -> dict[str, Any]:
@@ -162,8 +185,9 @@ def folder(
         )
     from soundctm.cli.progress import EvalProgress
     from soundctm.eval.runner import evaluate_folders
+    from soundctm.eval.weights import weight_paths
 
-    with EvalProgress(err_console) as bar:
+    with EvalProgress(err_console) as bar, weight_paths(weight_flags(flags.get("weights"))):
         results = evaluate_folders(
             generated, reference=s.reference, captions=s.captions, sample_rate=s.sample_rate,
             callback=bar, **_common(s),
@@ -191,8 +215,9 @@ def model(
     from soundctm.cli.models import resolve_model
     from soundctm.cli.progress import EvalProgress
     from soundctm.eval.runner import DEFAULT_STEPS, evaluate_model
+    from soundctm.eval.weights import weight_paths
 
-    with EvalProgress(err_console) as bar:
+    with EvalProgress(err_console) as bar, weight_paths(weight_flags(flags.get("weights"))):
         results = evaluate_model(
             resolve_model(s.model), steps=s.steps or list(DEFAULT_STEPS),
             gammas=s.gamma or [0.0], content=s.content, callback=bar,
@@ -228,8 +253,9 @@ def compare(
         raise InvalidArgumentError("with --compare, --gamma takes one value")
     from soundctm.cli.progress import EvalProgress
     from soundctm.eval.runner import compare_models
+    from soundctm.eval.weights import weight_paths
 
-    with EvalProgress(err_console) as bar:
+    with EvalProgress(err_console) as bar, weight_paths(weight_flags(flags.get("weights"))):
         results = compare_models(
             s.model, s.compare, steps_a=s.steps[0] if s.steps else None,
             steps_b=s.compare_steps, gamma=s.gamma[0] if s.gamma else None, callback=bar,

@@ -18,9 +18,15 @@ DEFAULT_CACHE = Path("~/.cache/soundctm/embeddings")
 
 
 def cache_namespace(embedder: Any) -> str:
-    """The cache folder of ``embedder``: ``<name>-<checksum[:16]>-<sample rate>``."""
+    """The cache folder of ``embedder``: ``<name>-<checksum[:16]>-<sample rate>``, then
+    ``-<variant>`` when the embedder has a ``variant`` string (settings that change its output
+    for the same weights, such as PaSST's protocol or OpenL3's hop)."""
     checksum = str(getattr(embedder, "checksum", "none"))
-    return f"{embedder.name}-{checksum[:16]}-{int(embedder.sample_rate)}"
+    out = f"{embedder.name}-{checksum[:16]}-{int(embedder.sample_rate)}"
+    variant = str(getattr(embedder, "variant", "") or "")
+    if variant:
+        out += "-" + "".join(c if c.isalnum() or c in "-_.@" else "_" for c in variant)
+    return out
 
 
 class EmbeddingCache:

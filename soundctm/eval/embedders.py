@@ -6,11 +6,13 @@ same space (CLAP score). Registered through the ``register_embedders`` hook, eac
 returning an object that satisfies :class:`Embedder`.
 
 Adding a published model (PANNs, PaSST, OpenL3, LAION-CLAP) follows :mod:`soundctm.eval.vggish`:
-write the architecture in torch with the state-dict keys of its public weight file, find the
-file with :func:`resolve_weights` (an argument or a ``SOUNDCTM_*_WEIGHTS`` variable; never a
+write the architecture in torch with the state-dict keys of its public weight file, describe the
+file with a :class:`soundctm.eval.weights.WeightSpec` (pinned SHA-256, source, variable) and find
+it with :func:`soundctm.eval.weights.fetch_weights` (argument > ``SOUNDCTM_*_WEIGHTS`` > cache >
 download), read it with :func:`load_weight_file` (``weights_only=True`` or safetensors), set
-``checksum`` to :func:`soundctm.engine.checkpoint.sha256_file` of the file, and add ``logits``
-(PANNs, PaSST) or ``embed_text`` (CLAP) when the model has them.
+``checksum`` to its SHA-256 and ``weights`` to its :func:`soundctm.eval.weights.record` (the
+report names each file and hash), and add ``logits`` (PANNs, PaSST) or ``embed_text`` (CLAP)
+when the model has them.
 """
 
 from __future__ import annotations
@@ -25,18 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from soundctm.engine.audio import resample
 from soundctm.engine.dsp import mel_filterbank
-from soundctm.errors import InvalidArgumentError, SoundCTMError
-
-
-class WeightsNotFoundError(SoundCTMError):
-    """An embedder's weight file is not where it was asked for (nothing is ever downloaded)."""
-
-
-class WeightsFileError(SoundCTMError):
-    """An embedder's weight file exists but cannot be used: unreadable, not a plain tensor file
-    (a pickle with code or objects is refused), or not the expected model."""
+from soundctm.errors import InvalidArgumentError
+from soundctm.eval.weights import WeightsFileError, WeightsNotFoundError
 
 
 @runtime_checkable
@@ -109,15 +102,33 @@ def has_text(embedder: object) -> bool:
 
 def resample_for(embedder: Embedder, audio: Tensor, sample_rate: int) -> Tensor:
     """``audio`` ``[..., n]`` at ``sample_rate`` resampled to ``embedder.sample_rate`` with
-    :func:`soundctm.engine.audio.resample` (windowed sinc); unchanged when the rates agree."""
-    return resample(audio, int(sample_rate), int(embedder.sample_rate))
+    :func:`resample_hq` (soxr, as the reference tools do); unchanged when the rates agree."""
+    return resample_hq(audio, int(sample_rate), int(embedder.sample_rate))
+
+
+def resample_hq(audio: Tensor, orig_sr: int, new_sr: int) -> Tensor:
+    """``audio`` ``[..., n]`` resampled with soxr's "HQ" quality, what ``librosa.load(sr=...)``
+    does (``res_type="soxr_hq"``, librosa's default), in float32. The evaluation references
+    (stable-audio-metrics, hear21passt, openl3) load audio with librosa, so every embedder gets
+    its rate this way. Output length: soxr's, ``ceil(n * new_sr / orig_sr)``."""
+    if int(orig_sr) == int(new_sr):
+        return audio
+    import soxr
+
+    x = audio.detach().to("cpu", torch.float32)
+    flat = x.reshape(-1, x.shape[-1]).numpy()
+    y = soxr.resample(np.ascontiguousarray(flat.T), int(orig_sr), int(new_sr), quality="HQ")
+    y = np.asarray(y, dtype=np.float32).reshape(-1, flat.shape[0]).T
+    out = torch.from_numpy(np.ascontiguousarray(y)).reshape(*x.shape[:-1], y.shape[-1])
+    return out.to(audio.device)
 
 
 # -- weight files -------------------------------------------------------------------------------
 
 
 def resolve_weights(path: str | os.PathLike | None, env_var: str, hint: str) -> Path:
-    """The weight file given by ``path``, else by the environment variable ``env_var``.
+    """The weight file given by ``path``, else by the environment variable ``env_var`` (no cache,
+    no download: for files without a :class:`~soundctm.eval.weights.WeightSpec`).
 
     Raises :class:`WeightsNotFoundError` (one line: the path looked at, then ``hint``, which says
     where to get the file and how to pass it) when neither names an existing file.

@@ -100,6 +100,37 @@ class EvalSet:
     def captions(self) -> list[str]:
         return [it.caption or "" for it in self.items]
 
+    def at_rate(self, rate: int) -> EvalSet:
+        """A copy with every clip resampled to ``rate`` Hz (soxr HQ; content keys recomputed);
+        itself when it is already at ``rate``. Presets evaluate at their protocol's rate."""
+        if int(rate) == int(self.sample_rate):
+            return self
+        import torch
+
+        from soundctm.eval.embedders import resample_hq
+
+        def res(x: np.ndarray | None) -> np.ndarray | None:
+            if x is None:
+                return None
+            y = resample_hq(
+                torch.from_numpy(np.asarray(x, dtype=np.float32)), self.sample_rate, rate
+            )
+            return y.numpy()
+
+        items = [
+            replace(
+                it,
+                audio=res(it.audio),
+                reference=res(it.reference),
+                audio_sha256="",
+                reference_sha256="",
+            )
+            for it in self.items
+        ]
+        for it in items:
+            it.__post_init__()
+        return EvalSet(items, int(rate), self.label, {**self.info, "resampled_to": int(rate)})
+
     def with_references(self, refs: dict[str, np.ndarray], label: str | None = None) -> EvalSet:
         """A copy whose item ``k`` has reference ``refs[k]`` (paired by key)."""
         missing = [it.key for it in self.items if it.key not in refs]

@@ -15,6 +15,9 @@ that an embedder (:mod:`soundctm.eval.embedders`) computed. Nothing here knows a
   (``audioldm_eval``) used by the SoundCTM paper.
 - CLAP score: the cosine similarity of paired audio and text embeddings (Wu et al. 2023,
   LAION-CLAP).
+- MMD with a Gaussian RBF kernel between two embedding sets, as CMMD computes it (Jayasumana et
+  al. 2024, "Rethinking FID: Towards a Better Evaluation Metric for Image Generation", eq. 3 with
+  their sigma = 10 and scale 1000), here on CLAP audio embeddings.
 """
 
 from __future__ import annotations
@@ -337,3 +340,36 @@ def clap_score(audio_emb: np.ndarray, text_emb: np.ndarray) -> float:
     (LAION-CLAP, Wu et al. 2023). The value lies in [-1, 1]; some papers report it multiplied by
     100 (or clipped at 0, as CLIPScore does); neither is applied here."""
     return float(cosine_similarity_rows(audio_emb, text_emb).mean())
+
+
+# -- MMD ----------------------------------------------------------------------------------------
+
+#: CMMD's kernel bandwidth and reporting scale (google-research/cmmd ``distance.py``).
+MMD_SIGMA = 10.0
+MMD_SCALE = 1000.0
+
+
+def mmd_rbf(
+    a: np.ndarray, b: np.ndarray, sigma: float = MMD_SIGMA, scale: float = MMD_SCALE
+) -> float:
+    """Squared maximum mean discrepancy of ``a`` ``[N, D]`` and ``b`` ``[M, D]`` with the
+    Gaussian kernel ``k(x, y) = exp(-|x - y|^2 / (2 sigma^2))``, times ``scale``
+    (docs/method.md, section 7):
+    ``scale * (mean_ij k(a_i, a_j) + mean_ij k(b_i, b_j) - 2 mean_ij k(a_i, b_j))``.
+    The means include the diagonal (the biased V-statistic), as CMMD does; the value is 0 for
+    identical sets and grows as the sets move apart."""
+    x = _check_embeddings(a, "the first embedding set")
+    y = _check_embeddings(b, "the second embedding set")
+    if x.shape[1] != y.shape[1]:
+        raise InvalidArgumentError(
+            f"MMD needs embeddings of one dimension, got {x.shape[1]} and {y.shape[1]}"
+        )
+    if sigma <= 0:
+        raise InvalidArgumentError(f"MMD sigma must be > 0, got {sigma}")
+    gamma = 1.0 / (2.0 * sigma**2)
+
+    def mean_kernel(u: np.ndarray, v: np.ndarray) -> float:
+        sq = (u * u).sum(1)[:, None] + (v * v).sum(1)[None, :] - 2.0 * u @ v.T
+        return float(np.exp(-gamma * np.maximum(sq, 0.0)).mean())
+
+    return scale * (mean_kernel(x, x) + mean_kernel(y, y) - 2.0 * mean_kernel(x, y))

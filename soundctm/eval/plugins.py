@@ -45,6 +45,12 @@ class Context(Protocol):
 EmbedderSpec = tuple[str, dict[str, Any]]
 
 
+def _check_label(label: Any) -> str:
+    if not isinstance(label, str) or not label.strip() or any(c.isspace() for c in label):
+        raise InvalidArgumentError(f"a metric label must be a name without spaces, got {label!r}")
+    return label
+
+
 def _check_embedder(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgumentError(f"embedder must be a non-empty name, got {name!r}")
@@ -67,7 +73,11 @@ class FrechetMetric:
         eps: float = 1e-6,
         frames: bool = True,
         embedder_params: dict[str, Any] | None = None,
+        label: str | None = None,
     ) -> None:
+        # ``label``: the name the result is stored under (a preset with two Frechet distances,
+        # e.g. ``fd`` on OpenL3 and ``fd-clap`` on CLAP, needs two names).
+        self.name = _check_label(label) if label is not None else "fd"
         self.embedder = _check_embedder(embedder)
         self.fad_inf = bool(fad_inf)
         self.frames = bool(frames)
@@ -103,6 +113,47 @@ class FrechetMetric:
             out["fad_inf_slope"] = float(inf["slope"])
             out["fad_inf_r2"] = float(inf["r2"])
         return out
+
+
+class MMDMetric:
+    """Squared MMD with a Gaussian kernel between the embeddings of generated and reference
+    audio, CMMD's estimator (Jayasumana et al. 2024: sigma 10, times 1000), one embedding per
+    clip; on CLAP audio embeddings in the ``stable-audio`` preset (``mmd-clap``)."""
+
+    name = "mmd"
+    requires: tuple[str, ...] = ("reference",)
+
+    def __init__(
+        self,
+        embedder: str = "clap",
+        sigma: float = 10.0,
+        scale: float = 1000.0,
+        embedder_params: dict[str, Any] | None = None,
+        label: str | None = None,
+    ) -> None:
+        if not float(sigma) > 0:
+            raise InvalidArgumentError(f"MMD sigma must be > 0, got {sigma}")
+        self.name = _check_label(label) if label is not None else "mmd"
+        self.embedder = _check_embedder(embedder)
+        self.sigma, self.scale = float(sigma), float(scale)
+        self.embedder_params = dict(embedder_params or {})
+
+    def embedders(self) -> list[EmbedderSpec]:
+        return [(self.embedder, self.embedder_params)]
+
+    def compute(self, evalset: EvalSet, context: Context) -> dict[str, Any]:
+        from soundctm.eval.metrics import mmd_rbf
+
+        emb = context.embedder(self.embedder, **self.embedder_params)
+        a = context.embeddings(emb, evalset, "generated")
+        b = context.embeddings(emb, evalset, "reference")
+        return {
+            "value": mmd_rbf(a, b, sigma=self.sigma, scale=self.scale),
+            "embedder": emb.name,
+            "n": evalset.n,
+            "sigma": self.sigma,
+            "scale": self.scale,
+        }
 
 
 class _ClassifierMetric:
@@ -311,6 +362,7 @@ __all__ = [
     "FrechetMetric",
     "ISMetric",
     "KLMetric",
+    "MMDMetric",
     "log_mel_db",
     "spectrogram_similarity",
 ]

@@ -1,18 +1,22 @@
 """Evaluation protocols of the papers (method.md section 7) as presets.
 
-- ``audioldm`` (16 kHz, the SoundCTM / AudioLDM protocol): FAD on VGGish embeddings, KL and IS
-  on PaSST logits (KL paired by file name), CLAP score (LAION-CLAP).
-- ``stable-audio`` (44.1 kHz, the stable-audio-metrics protocol): FD on OpenL3 embeddings, KL on
-  PaSST logits, CLAP score.
+- ``audioldm`` (16 kHz, the SoundCTM-UNet / AudioLDM protocol): FAD on VGGish per-window
+  embeddings, KL and IS on PaSST logits (KL paired by file name), CLAP score (LAION-CLAP
+  ``630k-audioset-best.pt``).
+- ``stable-audio`` (44.1 kHz, the stable-audio-metrics protocol of the SoundCTM-DiT paper): FD on
+  OpenL3 embeddings, KL on PaSST logits, CLAP score, and FD / MMD on CLAP audio embeddings
+  (``fd-clap``, ``mmd-clap``).
 
-Each embedder needs a weight file the user supplies (nothing is downloaded); a preset names them,
-and :func:`check_preset` stops with one line naming the first missing file or embedder before
-any audio is generated.
+A preset evaluates at its rate: folders are read at it (``--sample-rate`` overrides), a model's
+clips are resampled to it (soxr) before any embedder sees them, and each embedder then takes its
+own rate. Each embedder finds its weight file with :func:`soundctm.eval.weights.fetch_weights`
+(argument > variable > cache > download); :func:`check_preset` stops with one line naming the
+first embedder no installed plugin provides, and building the embedders (before any audio is
+generated) stops on a missing or wrong weight file.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +34,15 @@ class WeightFile:
 
 @dataclass(frozen=True)
 class Preset:
-    """A protocol: its sample rate, metrics (name, params) and the weight files they need."""
+    """A protocol: its sample rate, metrics (name, params), the weight files they need and the
+    clip length a model generates for it (None: the model's own)."""
 
     name: str
     sample_rate: int
     metrics: tuple[tuple[str, dict[str, Any]], ...]
     weights: tuple[WeightFile, ...]
     description: str
+    seconds: float | None = None
 
 
 WEIGHTS: dict[str, WeightFile] = {
@@ -58,7 +64,7 @@ WEIGHTS: dict[str, WeightFile] = {
     "openl3": WeightFile(
         "openl3",
         "SOUNDCTM_OPENL3_WEIGHTS",
-        "OpenL3 audio model, mel256 input, music content, 512-d (as stable-audio-metrics uses)",
+        "OpenL3 audio model, mel256 input, env content, 512-d (as stable-audio-metrics uses)",
     ),
 }
 
@@ -68,23 +74,35 @@ PRESETS: dict[str, Preset] = {
         16000,
         (
             ("fd", {"embedder": "vggish"}),
-            ("kl", {"classifier": "passt"}),
-            ("is", {"classifier": "passt"}),
+            ("kl", {"classifier": "passt", "embedder_params": {"protocol": "audioldm"}}),
+            ("is", {"classifier": "passt", "embedder_params": {"protocol": "audioldm"}}),
             ("clap", {"embedder": "clap"}),
         ),
         (WEIGHTS["vggish"], WEIGHTS["passt"], WEIGHTS["clap"]),
         "16 kHz: FAD (VGGish), KL and IS (PaSST), CLAP score",
+        seconds=10.0,
     ),
     "stable-audio": Preset(
         "stable-audio",
         44100,
         (
-            ("fd", {"embedder": "openl3"}),
-            ("kl", {"classifier": "passt"}),
+            (
+                "fd",
+                {"embedder": "openl3", "embedder_params": {"content_type": "env", "hop_s": 0.5}},
+            ),
+            (
+                "kl",
+                {
+                    "classifier": "passt",
+                    "embedder_params": {"protocol": "stable-audio", "collect": "mean"},
+                },
+            ),
             ("clap", {"embedder": "clap"}),
+            ("fd", {"embedder": "clap", "frames": False, "label": "fd-clap"}),
+            ("mmd", {"embedder": "clap", "label": "mmd-clap"}),
         ),
         (WEIGHTS["openl3"], WEIGHTS["passt"], WEIGHTS["clap"]),
-        "44.1 kHz: FD (OpenL3), KL (PaSST), CLAP score",
+        "44.1 kHz: FD (OpenL3), KL (PaSST), CLAP score, FD and MMD on CLAP audio embeddings",
     ),
 }
 
@@ -103,10 +121,10 @@ class MissingWeightsError(SoundCTMError):
 
 
 def check_preset(preset: Preset, registry: Any | None = None) -> None:
-    """Check that every embedder of ``preset`` is installed and its weight file exists.
+    """Check that every embedder of ``preset`` is installed (its weight file is found, or
+    downloaded, when the run builds it, before any audio is generated).
 
-    Raises :class:`MissingWeightsError` naming the embedder, the file and the variable to set.
-    An embedder's own loader may still refuse a file that exists but is damaged.
+    Raises :class:`MissingWeightsError` naming the embedder and the file it needs.
     """
     from soundctm.plugins.registry import get_registry
 
@@ -119,17 +137,6 @@ def check_preset(preset: Preset, registry: Any | None = None) -> None:
                 f"which no installed plugin provides; install a plugin that does, or evaluate "
                 f"with --metrics/--embedder instead of --preset"
             )
-        path = os.environ.get(w.env, "").strip()
-        if not path:
-            raise MissingWeightsError(
-                f"preset {preset.name!r} needs the {w.embedder} weight file ({w.description}); "
-                f"set {w.env}=/path/to/file (nothing is downloaded)"
-            )
-        if not os.path.isfile(path):
-            raise MissingWeightsError(
-                f"preset {preset.name!r}: the {w.embedder} weight file {path!r} ({w.env}) does "
-                f"not exist; fix {w.env} ({w.description})"
-            )
 
 
 def describe_presets() -> list[dict[str, Any]]:
@@ -138,6 +145,7 @@ def describe_presets() -> list[dict[str, Any]]:
         {
             "name": p.name,
             "sample_rate": p.sample_rate,
+            "seconds": p.seconds,
             "description": p.description,
             "metrics": [{"name": m, "params": dict(params)} for m, params in p.metrics],
             "weights": [

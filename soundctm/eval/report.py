@@ -82,6 +82,15 @@ def _metric_title(name: str, results: dict[str, Any]) -> str:
     return name
 
 
+#: What each weight-file hash status means, in the report.
+STATUS_WORDS = {
+    "verified": "the published file",
+    "prefix-verified": "matches the published hash prefix",
+    "unpinned": "no published hash to compare with",
+    "differs": "NOT the published file",
+}
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report as Markdown: what was evaluated, N, embedders with checksums, the tables."""
     lines = [f"# soundctm eval: {results.get('mode')}", ""]
@@ -105,6 +114,11 @@ def markdown(results: dict[str, Any]) -> str:
                 f"- embedder `{name}`: {info['sample_rate']} Hz, {info['dim']}-d, weights "
                 f"checksum `{info['checksum']}`"
             )
+            for w in info.get("weights") or ():
+                lines.append(
+                    f"  - weight file `{w['file']}`: sha256 `{w['sha256']}` "
+                    f"({STATUS_WORDS.get(w['status'], w['status'])})"
+                )
     else:
         lines.append("- embedders: none used")
     if "mel-stats" in embedders:

@@ -51,11 +51,14 @@ def portable_path(path: Path) -> str:
 
 @dataclass(frozen=True)
 class EmbedderInfo:
-    """An embedder a run used: weight checksum, sample rate and embedding size."""
+    """An embedder a run used: weight checksum, sample rate and embedding size, and every weight
+    file it loaded (``{name, file, path, sha256, status}``, see
+    :class:`soundctm.eval.weights.WeightRecord`)."""
 
     checksum: str
     sample_rate: int
     dim: int
+    weights: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,26 @@ def _finish(
     return replace(results, files=write_report(results, Path(out), examples=examples))
 
 
+def _preset_rate(preset: str) -> int:
+    from soundctm.eval.presets import get_preset
+
+    return int(get_preset(preset).sample_rate)
+
+
+def _preset_seconds(preset: str | None, seconds: float | None) -> float | None:
+    """``seconds``, else the preset's clip length (None: the model's own)."""
+    if seconds is not None or preset is None:
+        return seconds
+    from soundctm.eval.presets import get_preset
+
+    return get_preset(preset).seconds
+
+
+def _at_preset_rate(evalset: EvalSet, preset: str | None) -> EvalSet:
+    """The evaluation set at the preset's rate (the protocol evaluates there)."""
+    return evalset if preset is None else evalset.at_rate(_preset_rate(preset))
+
+
 def _check_n(n: int | None) -> None:
     if n is not None and n < 1:
         raise InvalidArgumentError(f"n must be at least 1, got {n}")
@@ -124,6 +144,8 @@ def evaluate_folders(
         preset=preset, embedder=embedder, classifier=classifier, fad_inf=fad_inf,
     )  # fmt: skip
     emit(callback, EvalStage("reading audio"))
+    if sample_rate is None and preset is not None:
+        sample_rate = _preset_rate(preset)
     evalset = load_folders(
         generated, reference=reference, captions=captions, sample_rate=sample_rate
     )
@@ -207,7 +229,7 @@ def evaluate_model(
     )  # fmt: skip
     emit(callback, EvalStage("loading the model"))
     pipe = load_pipeline(model, device, registry)
-    base = resolve(pipe, nu=nu, omega=omega, seconds=seconds)
+    base = resolve(pipe, nu=nu, omega=omega, seconds=_preset_seconds(preset, seconds))
     gamma_solver = pipe.is_student and base.solver == GAMMA_SOLVER
     if not gamma_solver:
         if any(g != 0.0 for g in gammas):
@@ -241,7 +263,7 @@ def evaluate_model(
     }
     runs = []
     for st in main:
-        es = make_evalset(ps, generated[st], rate, st.label, ps.references)
+        es = _at_preset_rate(make_evalset(ps, generated[st], rate, st.label, ps.references), preset)
         values = run_metrics(es, chosen.metrics, context)
         runs.append(RunResult(st.label, es.n, values, sampling(at(base, st), "model")))
     rows = []
@@ -252,7 +274,7 @@ def evaluate_model(
     results = EvalResults(
         mode="model",
         n=len(ps.keys),
-        sample_rate=rate,
+        sample_rate=_preset_rate(preset) if preset else rate,
         preset=preset,
         metrics=chosen.names,
         skipped=chosen.skipped,
@@ -340,7 +362,7 @@ def compare_models(
                 gamma=gamma if student else None,
                 nu=nu if student else None,
                 omega=omega,
-                seconds=seconds,
+                seconds=_preset_seconds(preset, seconds),
             )
         )
     secs = min(p.seconds for p in plans)
@@ -369,7 +391,7 @@ def compare_models(
     ]
     runs = []
     for tag, lab, pl, audio in zip(tags, labels, plans, outs, strict=True):
-        es = make_evalset(ps, audio, rate_a, lab, ps.references)
+        es = _at_preset_rate(make_evalset(ps, audio, rate_a, lab, ps.references), preset)
         runs.append(
             RunResult(lab, es.n, run_metrics(es, chosen.metrics, context), sampling(pl, tag))
         )
@@ -380,7 +402,7 @@ def compare_models(
     results = EvalResults(
         mode="compare",
         n=len(ps.keys),
-        sample_rate=rate_a,
+        sample_rate=_preset_rate(preset) if preset else rate_a,
         preset=preset,
         metrics=chosen.names,
         skipped=chosen.skipped,

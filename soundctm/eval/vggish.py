@@ -4,8 +4,10 @@ the AudioLDM and SoundCTM papers, in pure torch.
 
 The module reproduces the torchvggish port (github.com/harritaylor/torchvggish) key for key, so
 its released state dict (``vggish-10086976.pth``: ``features.{0,3,6,8,11,13}.{weight,bias}``,
-``embeddings.{0,2,4}.{weight,bias}``) loads unchanged; nothing is downloaded, the user passes the
-file. The front end is AudioSet's ``vggish_input.py`` / ``mel_features.py`` rewritten in torch.
+``embeddings.{0,2,4}.{weight,bias}``) loads unchanged; the file is found (or downloaded into the
+cache, hash-checked) by :func:`soundctm.eval.weights.fetch_weights` with the spec
+:data:`soundctm.eval.weights.VGGISH`. The front end is AudioSet's ``vggish_input.py`` /
+``mel_features.py`` rewritten in torch.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from soundctm.engine.checkpoint import sha256_file
 from soundctm.errors import InvalidArgumentError
-from soundctm.eval.embedders import (
+from soundctm.eval.embedders import load_weight_file
+from soundctm.eval.weights import (
+    VGGISH,
+    VGGISH_PCA,
+    WeightRecord,
     WeightsFileError,
     WeightsNotFoundError,
-    load_weight_file,
-    resolve_weights,
+    fetch_weights,
+    record,
 )
 
 # vggish_params.py
@@ -41,11 +46,7 @@ QUANTIZE_MIN_VAL = -2.0
 QUANTIZE_MAX_VAL = 2.0
 
 #: The environment variable naming the weight file when no path is passed.
-WEIGHTS_ENV = "SOUNDCTM_VGGISH_WEIGHTS"
-WEIGHTS_HINT = (
-    "download vggish-10086976.pth (torchvggish release) yourself and pass --weights / set "
-    f"{WEIGHTS_ENV}"
-)
+WEIGHTS_ENV = VGGISH.env
 
 
 def hertz_to_mel_htk(f: Tensor) -> Tensor:
@@ -262,12 +263,15 @@ class VGGishEmbedder:
 
     ``weights``: path to ``vggish-10086976.pth`` (a torch pickle of the state dict, read with
     ``weights_only=True``) or the same tensors as ``.safetensors``; default: the environment
-    variable ``SOUNDCTM_VGGISH_WEIGHTS``. A missing file raises :class:`WeightsNotFoundError`.
-    ``pca``: optional ``vggish_pca_params-970ea276.pth``; ``postprocess`` applies PCA and
-    quantisation (off by default, as in the FAD implementations); ``final_relu`` keeps
-    torchvggish's last ReLU (off by default, likewise). ``checksum`` is the SHA-256 of the
-    weight file. Audio: ``[B, n]`` float32 mono at 16 kHz (see
-    :func:`soundctm.eval.embedders.resample_for`; torchvggish resamples with resampy instead).
+    variable ``SOUNDCTM_VGGISH_WEIGHTS``, else the cache, else a download
+    (:func:`~soundctm.eval.weights.fetch_weights`). A missing file raises
+    :class:`WeightsNotFoundError`. ``pca``: optional ``vggish_pca_params-970ea276.pth`` (fetched
+    the same way when ``postprocess`` is on); ``postprocess`` applies PCA and quantisation (off
+    by default, as in the FAD implementations); ``final_relu`` keeps torchvggish's last ReLU
+    (off by default, likewise). ``checksum`` is the SHA-256 of the weight file, ``weights`` the
+    :class:`~soundctm.eval.weights.WeightRecord` of every file loaded. Audio: ``[B, n]`` float32
+    mono at 16 kHz (see :func:`soundctm.eval.embedders.resample_for`; torchvggish resamples with
+    resampy instead).
     """
 
     name = "vggish"
@@ -284,17 +288,18 @@ class VGGishEmbedder:
         device: str | torch.device = "cpu",
         batch_size: int = 64,
     ) -> None:
-        path = resolve_weights(weights, WEIGHTS_ENV, WEIGHTS_HINT)
+        path = fetch_weights(VGGISH, weights)
         self.weights_path = path
-        self.checksum = sha256_file(Path(path))
+        rec = record(VGGISH, Path(path))
+        self.checksum = rec.sha256
+        self.weights: list[WeightRecord] = [rec]
         state = load_weight_file(path)
         self.model = VGGish(final_relu=final_relu, postprocess=postprocess, init_weights=False)
         self.model.load_weights(state, source=f"weight file {path}")
-        if pca is not None:
-            pca_path = resolve_weights(
-                pca, "SOUNDCTM_VGGISH_PCA", "pass vggish_pca_params-970ea276.pth as pca=..."
-            )
+        if pca is not None or (postprocess and not self.model.has_pca):
+            pca_path = fetch_weights(VGGISH_PCA, pca)
             self.model.load_pca(load_weight_file(pca_path), source=f"PCA file {pca_path}")
+            self.weights.append(record(VGGISH_PCA, pca_path))
         if postprocess and not self.model.has_pca:
             raise WeightsNotFoundError(
                 f"VGGish postprocessing needs PCA parameters, which {path} does not hold; pass "
