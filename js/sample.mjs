@@ -30,7 +30,7 @@ import {
 const number = (v) => (v === undefined ? undefined : Number(v));
 
 function fail(message) {
-  process.stderr.write(`error: ${message}\n`);
+  process.stderr.write(`error: ${message.replace(/\s*\n\s*/g, ' ')}\n`); // one line
   process.exit(2);
 }
 
@@ -119,6 +119,13 @@ async function main() {
       givenNoise(npy, latentShape(model.spec, plan.seconds)); // checks the shape up front
     } catch (e) {
       fail(`${args.noise}: ${e.message}`);
+    }
+  }
+  if (!npy) {
+    try {
+      seededNormal(args.seed);
+    } catch (e) {
+      fail(e.message);
     }
   }
   const runs = [];

@@ -33,9 +33,16 @@ export function gammaTarget(next, sigmaMin, gamma) {
  * every JavaScript engine, but NOT torch's generator: the same seed gives another sound than
  * `soundctm sample --seed`. For soundctm's exact noise pass a noise file instead. */
 export function seededNormal(seed) {
-  let s = [0x9e3779b9, 0x243f6a88, 0xb7e15162, (Number(seed) >>> 0) ^ 0x5851f42d];
-  const hi = Math.floor(Number(seed) / 2 ** 32) >>> 0;
-  s[0] ^= hi;
+  let big;
+  try {
+    big = BigInt(seed);
+  } catch {
+    big = -1n;
+  }
+  if (big < 0n || big > 2n ** 63n - 1n) throw new Error(`seed must be an integer in [0, 2**63 - 1], got ${seed}`);
+  const lo = Number(big & 0xffffffffn);
+  const hi = Number(big >> 32n);
+  const s = [0x9e3779b9 ^ hi, 0x243f6a88, 0xb7e15162, lo ^ 0x5851f42d];
   const rotl = (x, k) => (x << k) | (x >>> (32 - k));
   const next = () => {
     const r = Math.imul(rotl(Math.imul(s[1], 5), 7), 9) >>> 0;

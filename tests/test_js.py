@@ -167,6 +167,7 @@ def test_node_sampler_refuses_bad_input(exported, tmp_path):
     cases = [
         (("--model", str(tmp_path)), "cannot load the exported model"),
         (("--model", str(exported), "--steps", "0"), "steps must be an integer"),
+        (("--model", str(exported), "--seed=-1"), "seed must be an integer in [0, 2**63 - 1]"),
         (("--model", str(exported), "--noise", str(noise)), "latent is [8,50]"),
         (("--model", str(exported), "--bogus"), "Unknown option"),
     ]
