@@ -5,10 +5,10 @@ measured and writes it to WORK/NAME.json.
   python scripts/gpu_check.py ort WORK EXPORTED [--providers cuda tensorrt] [--tensorrt] [--name N]
 
 ``torch``: the default model (1 step) and its teacher (40 steps), and an imported soundctm-dit
-stand-in (written by tests/test_import_dit.py's writer), on the same seeds on the GPU and the
-CPU: max abs difference, spectral convergence (Griffin-Lim phases may differ, docs/onnx.md), the
-median warm time of each on the GPU and the ratio teacher 40 steps / student 1 step. It saves
-the GPU audio and times (WORK/torch.npz, torch.json) for ``ort``.
+stand-in (tests/test_import_dit.py's writer, the released hop of 1024, 10 s clips), on the same
+seeds on the GPU and the CPU: max abs difference, spectral convergence (Griffin-Lim phases may
+differ, docs/onnx.md), the median warm time of each on the GPU and the ratio teacher 40 steps /
+student 1 step. It saves the GPU audio and times (WORK/torch.npz, torch.json) for ``ort``.
 
 ``ort`` (run in the [gpu] venv): the exported default model with each onnxruntime provider (and,
 with ``--tensorrt``, the TensorRT engines of `soundctm export --format tensorrt`) on the same
@@ -76,13 +76,13 @@ def write(work: Path, name: str, result: dict) -> None:
 def standin(work: Path) -> Path:
     """A tiny official-format soundctm-dit v2 release, imported (tests/test_import_dit.py)."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_import_dit import write_official
+    from test_import_dit import DAC_HOP_1024, write_official
 
     from soundctm.builtin.official.soundctm_dit import import_soundctm_dit
 
     src, out = work / "soundctm-dit-release", work / "soundctm-dit-imported"
     if not out.exists():
-        write_official(src, "v2")
+        write_official(src, "v2", dac_kwargs=DAC_HOP_1024)  # the released hop: 432 frames
         import_soundctm_dit(src, out, variant="v2", trust_pickle=True)
     return out
 
@@ -97,7 +97,7 @@ def check_torch(work: Path, dry_run: bool) -> None:
     runs = {
         "default_1_step": (DEFAULT, {"steps": 1}),
         "teacher_40_steps": (DEFAULT / "teacher", {"steps": TEACHER_STEPS}),
-        "soundctm_dit_standin_2_steps": (standin(work), {"steps": 2, "seconds": 2.0}),
+        "soundctm_dit_standin_2_steps": (standin(work), {"steps": 2}),
     }
     audio: dict[str, np.ndarray] = {}
     for name, (model, kw) in runs.items():
@@ -110,7 +110,8 @@ def check_torch(work: Path, dry_run: bool) -> None:
         def one(pipe: Any = gpu, kw: dict = kw) -> Any:
             return pipe.generate(PROMPTS[:1], seeds=SEEDS[:1], **kw)
 
-        entry["gpu_seconds_batch_1"] = median_time(one, sync=not dry_run)
+        entry["gpu_seconds_batch_1"] = median_time(one, 2 if dry_run else 5, sync=not dry_run)
+        print(f"{name}: {entry}", flush=True)
         result[name] = entry
         audio[name] = got.numpy()
         del cpu, gpu
