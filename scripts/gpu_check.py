@@ -130,6 +130,11 @@ def check_ort(work: Path, exported: Path, providers: list[str], tensorrt: bool, 
 
     from soundctm.export.runtime import OrtPipeline
 
+    if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* pip packages, if any
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # reported; the sessions below show which provider ran
+            print(f"onnxruntime.preload_dlls(): {exc}", flush=True)
     ref = torch.from_numpy(np.load(work / "torch.npz")["default_1_step"])
     n = ref.shape[0]  # the prompts the torch step ran
     torch_time = json.loads((work / "torch.json").read_text())["default_1_step"]
