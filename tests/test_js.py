@@ -287,7 +287,7 @@ def default_export(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_browser_generates_with_the_default_model(default_export, serve):
+def test_browser_generates_with_the_default_model(default_export, serve, tmp_path):
     """The exported default model in the browser page equals Python onnxruntime on the same
     noise, and Node does too."""
     options = page_options(default_export, 3, 2, 0.5, 2.0)
@@ -299,3 +299,11 @@ def test_browser_generates_with_the_default_model(default_export, serve):
     assert out["rate"] == 16000 and got.shape == want.shape == (48128,)
     assert float(np.abs(want).max()) > 1e-3
     assert float(np.abs(got - want).max()) <= TOLERANCE
+    noise = save_noise(tmp_path / "noise.npy", 3, _latent(default_export), 2)
+    r = run_node(
+        *("--model", str(default_export), "--prompt", PROMPTS[0], "--noise", str(noise)),
+        *("--steps", "2", "--gamma", "0.5", "--nu", "2", "--omega", "3"),
+        *("--out-npy", str(tmp_path / "node.npy")),
+    )
+    assert r.returncode == 0, r.stderr
+    assert float(np.abs(np.load(tmp_path / "node.npy") - want).max()) <= TOLERANCE
