@@ -277,8 +277,8 @@ def test_browser_page_matches_onnxruntime(exported, ort_pipe, serve):
 # ---------------------------------------------------------------------------- default model
 @pytest.fixture(scope="module")
 def default_export(tmp_path_factory) -> Path:
-    """The shipped default model, exported once per module (about 240 s on the busy 2-core
-    development machine: MiniLM and the 32-iteration Griffin-Lim decoder dominate)."""
+    """The shipped default model, exported once per module: 120 s on the 2-core development
+    machine at load average 5 (and up to 25 minutes while it ran eight jobs), hence slow."""
     pytest.importorskip("onnxscript")
     from soundctm.export.onnx import export_onnx
 
