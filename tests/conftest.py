@@ -82,3 +82,28 @@ def student_dir(tmp_path, toy_student):
 @pytest.fixture
 def teacher_dir(tmp_path, toy_teacher):
     return toy_teacher.save(tmp_path / "teacher")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory):
+    """A tiny random T5 encoder and its tokenizer (tests/tiny_export.py)."""
+    from tiny_export import tiny_t5
+
+    return tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_t5_dir):
+    """(checkpoint dir, exported dir, export events) of the tiny student, exported once per
+    session (about 30 s): tests/test_export.py and tests/test_js.py share it."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from tiny_export import build_tiny
+
+    from soundctm.export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("export")
+    ckpt = build_tiny(tiny_t5_dir).save(root / "student")
+    events: list = []
+    out = export_onnx(ckpt, root / "exported", callback=events.append)
+    return ckpt, out, events

@@ -16,6 +16,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
 from conftest import build_toy
+from tiny_export import PROMPTS, _tiny_t5, build_tiny  # noqa: F401 (_tiny_t5: for importers)
 
 from soundctm.engine.pipeline import Pipeline
 from soundctm.errors import CheckpointError, InvalidArgumentError, SoundCTMError
@@ -28,91 +29,19 @@ from soundctm.export.runtime import (
 )
 
 DOCS = Path(__file__).parent.parent / "docs" / "onnx.md"
-PROMPTS = ["a dog barks in the distance", "rain on a tin roof"]
 TOLERANCE = 1e-3
-MEL = {
-    "sample_rate": 8000,
-    "n_fft": 64,
-    "hop_length": 16,
-    "n_mels": 8,
-    "f_max": 4000.0,
-    "griffin_lim_iters": 4,
-}
-
-
-def _tiny_t5(path: Path) -> Path:
-    """A tiny random T5 encoder and a small Unigram tokenizer, saved offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
-
-    raw = Tokenizer(models.Unigram())
-    raw.pre_tokenizer = pre_tokenizers.Metaspace()
-    raw.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=64, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    raw.train_from_iterator([*PROMPTS, "footsteps on gravel", "birds sing"] * 3, trainer=trainer)
-    eos = raw.token_to_id("</s>")
-    raw.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
-    )
-    tokenizer = T5TokenizerFast(
-        tokenizer_object=raw, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
-    )
-    config = T5Config(
-        vocab_size=raw.get_vocab_size(),
-        d_model=16,
-        d_kv=4,
-        d_ff=32,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        pad_token_id=0,
-        eos_token_id=eos,
-        decoder_start_token_id=0,
-    )
-    torch.manual_seed(0)
-    tokenizer.save_pretrained(path)
-    T5EncoderModel(config).save_pretrained(path)
-    return path
-
-
-def build_tiny(
-    t5: Path, kind: str = "ctm", seconds: float = 0.1, max_seconds: float = 0.2, **dit: object
-) -> Pipeline:
-    """dit (tiny) + t5 (tiny, random) + mel (small STFT, 4 Griffin-Lim iterations); every DiT
-    weight random (the zero-initialised output layers too, so the network is not trivial)."""
-    torch.manual_seed(0)
-    pipe = Pipeline.build(
-        kind=kind,
-        backbone=("dit", {"preset": "tiny", "student": kind == "ctm", "text_dim": 16, **dit}),
-        text_encoder=("t5", {"path": str(t5), "max_length": 32}),
-        autoencoder=("mel", MEL),
-        sigma_data=0.5,
-        seconds=seconds,
-        max_seconds=max_seconds,
-    )
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in pipe.ctm.backbone.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.ndim > 1 else 0.05))
-    return pipe
 
 
 @pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return _tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+def t5_dir(tiny_t5_dir):
+    return tiny_t5_dir
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory, t5_dir):
-    """(checkpoint dir, exported dir, export events) of the tiny student."""
-    root = tmp_path_factory.mktemp("export")
-    ckpt = build_tiny(t5_dir).save(root / "student")
-    events = []
-    out = export_onnx(ckpt, root / "exported", callback=events.append)
-    return ckpt, out, events
+def student(tiny_export):
+    """(checkpoint dir, exported dir, export events) of the tiny student (exported once per
+    session, conftest.py: the JavaScript sampler's tests run the same export)."""
+    return tiny_export
 
 
 @pytest.fixture(scope="module")
