@@ -14,7 +14,9 @@ from soundctm.engine.components import CheckpointWeights, PhaseRetrieval
 from soundctm.engine.dsp import (
     frame_signal,
     mel_filterbank,
-    unit_phase,
+    overlap_add,
+    reflect_pad,
+    unit_phase_planes,
 )
 from soundctm.errors import InvalidArgumentError
 
@@ -179,26 +181,38 @@ class MelAutoencoder(nn.Module, PhaseRetrieval, CheckpointWeights):
 
         Same as ``torch.stft(center=True, pad_mode="reflect", window=hann)``, written with
         ``unfold`` + ``rfft`` and real tensors so that it exports to ONNX (DFT op)."""
-        half = self.n_fft // 2
-        mode = "reflect" if audio.shape[-1] > half else "constant"
-        padded = nn.functional.pad(audio[:, None], (half, half), mode=mode)[:, 0]
-        spec = torch.fft.rfft(frame_signal(padded, self.n_fft, self.hop_length) * self.window)
+        spec = self._spectrum(audio)
         return spec.real, spec.imag
+
+    def _spectrum(self, audio: Tensor) -> Tensor:
+        """The complex STFT of :meth:`stft`."""
+        half = self.n_fft // 2
+        if audio.shape[-1] > half:
+            padded = reflect_pad(audio, half)
+        else:
+            padded = nn.functional.pad(audio, (half, half))
+        return torch.fft.rfft(frame_signal(padded, self.n_fft, self.hop_length) * self.window)
 
     def istft(self, real: Tensor, imag: Tensor, length: int) -> Tensor:
         """Inverse of :meth:`stft`: windowed overlap-add divided by the summed squared window
         (the least-squares inverse of Griffin & Lim 1984, eq. 6), cropped to ``length``."""
-        frames = torch.fft.irfft(torch.complex(real, imag), n=self.n_fft) * self.window
-        count = frames.shape[1]
-        total = (count - 1) * self.hop_length + self.n_fft
-        fold = {"output_size": (1, total), "kernel_size": (1, self.n_fft)}
-        fold["stride"] = (1, self.hop_length)
-        audio = nn.functional.fold(frames.transpose(1, 2), **fold)[:, 0, 0]
-        win_sq = (self.window * self.window).expand(1, count, self.n_fft).transpose(1, 2)
-        envelope = nn.functional.fold(win_sq, **fold)[:, 0, 0]
-        audio = audio / envelope.clamp_min(1e-11)
+        return self._synthesis(torch.complex(real, imag), self.envelope(real.shape[1], length))
+
+    def envelope(self, count: int, length: int) -> Tensor:
+        """``sum_k w^2(n - k hop)`` (at least 1e-11) over the ``length`` samples that an inverse
+        STFT of ``count`` frames keeps (the denominator of Griffin & Lim 1984, eq. 6);
+        ``[1, length]``."""
+        win_sq = (self.window * self.window).expand(1, count, self.n_fft)
         half = self.n_fft // 2
-        return audio[:, half : half + length]
+        envelope = overlap_add(win_sq, self.hop_length, half, length)
+        return envelope.clamp_min(1e-11)
+
+    def _synthesis(self, spec: Tensor, envelope: Tensor) -> Tensor:
+        """Windowed overlap-add of the inverse DFTs of a complex spectrum, cropped to the
+        envelope's length and divided by it (:meth:`istft`)."""
+        frames = torch.fft.irfft(spec, n=self.n_fft) * self.window
+        length = envelope.shape[-1]
+        return overlap_add(frames, self.hop_length, self.n_fft // 2, length) / envelope
 
     def mel(self, audio: Tensor) -> Tensor:
         """Linear mel magnitude ``[B, n_mels, ceil(n / hop)]`` of audio ``[B, n]``."""
@@ -214,16 +228,31 @@ class MelAutoencoder(nn.Module, PhaseRetrieval, CheckpointWeights):
         (``stft(istft(.))``) and onto the given magnitude, with the momentum step
         ``c_n = t_n - alpha / (1 + alpha) * t_{n-1}`` (torchaudio's convention). The initial
         phase is zero, so the result is deterministic. Complex numbers are kept as (real,
-        imaginary) pairs of real tensors."""
-        cos, sin = torch.ones_like(magnitude), torch.zeros_like(magnitude)
-        prev_re, prev_im = torch.zeros_like(magnitude), torch.zeros_like(magnitude)
+        imaginary) pairs of real tensors (it exports to ONNX; on the CPU this is also faster
+        than complex tensors)."""
+        envelope = self.envelope(magnitude.shape[1], length)
+        phase = torch.zeros(2, *magnitude.shape, dtype=magnitude.dtype, device=magnitude.device)
+        phase[0] = 1.0  # phase 0: (cos, sin) = (1, 0)
+        prev: Tensor | None = None
         beta = self.momentum / (1 + self.momentum)
         for _ in range(self.griffin_lim_iters):
-            re, im = self.stft(self.istft(magnitude * cos, magnitude * sin, length))
-            cos, sin = re - beta * prev_re, im - beta * prev_im
-            cos, sin = unit_phase(cos, sin)
-            prev_re, prev_im = re, im
-        return self.istft(magnitude * cos, magnitude * sin, length)
+            spec = self._spectrum(self._synthesis(self._complex(magnitude * phase), envelope))
+            pair = self._planes(spec)
+            # the momentum step; on the first pass t_{n-1} = 0 and t - beta * 0 = t exactly
+            phase = unit_phase_planes(pair if prev is None else pair - beta * prev)
+            prev = pair
+        return self._synthesis(self._complex(magnitude * phase), envelope)
+
+    @staticmethod
+    def _complex(pair: Tensor) -> Tensor:
+        """``pair[0] + i pair[1]`` for ``[2, ...]`` planes."""
+        return torch.complex(pair[0], pair[1])
+
+    @staticmethod
+    def _planes(spec: Tensor) -> Tensor:
+        """``[real, imag]`` planes ``[2, ...]`` of a complex tensor (a contiguous copy: the
+        following operations on it are faster than on a strided view)."""
+        return torch.stack([spec.real, spec.imag])
 
     @staticmethod
     def _check(x: Tensor, dim: int, what: str) -> Tensor:
