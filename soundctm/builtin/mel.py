@@ -7,11 +7,14 @@ sampling, evaluation) runs offline with it. It is a stand-in for a learned VAE +
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from soundctm.engine.components import CheckpointWeights, PhaseRetrieval
 from soundctm.engine.dsp import (
+    PHASE_FLOOR,
     frame_signal,
     mel_filterbank,
     overlap_add,
@@ -160,12 +163,33 @@ class MelAutoencoder(nn.Module, PhaseRetrieval, CheckpointWeights):
             raise InvalidArgumentError(
                 f"mel latents need {self.n_mels} channels, got {latents.shape[1]}"
             )
-        mel = torch.exp(self.denormalise(latents))
+        return self.griffin_lim(self.magnitude(latents), latents.shape[-1] * self.hop_length)
+
+    def magnitude(self, latents: Tensor) -> Tensor:
+        """The linear magnitude spectrogram ``[B, frames + 1, n_fft // 2 + 1]`` that
+        :meth:`decode` gives Griffin-Lim: the mel pseudo-inverse of ``exp(denormalise(z))``,
+        clamped at 0. The STFT of ``frames * hop`` samples (``center=True``) has one frame more
+        than the latents: the last one is repeated."""
+        mel = torch.exp(self.denormalise(latents.float()))
         magnitude = torch.einsum("fm,bmt->btf", self.filterbank_pinv, mel).clamp_min(0.0)
-        # The STFT of frames*hop samples (center=True) has one frame more than the latents: repeat
-        # the last one.
-        magnitude = torch.cat([magnitude, magnitude[:, -1:]], dim=1)
-        return self.griffin_lim(magnitude, latents.shape[-1] * self.hop_length)
+        return torch.cat([magnitude, magnitude[:, -1:]], dim=1)
+
+    def griffin_lim_settings(self) -> dict[str, Any] | None:
+        """The settings of :meth:`griffin_lim` for a host implementation
+        (:mod:`soundctm.export.phase`; ``export.json phase_retrieval``), or None when there is
+        no iteration or the hop does not divide n_fft."""
+        if self.griffin_lim_iters == 0 or self.n_fft % self.hop_length:
+            return None
+        return {
+            "algorithm": "fast-griffin-lim",
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "iterations": self.griffin_lim_iters,
+            "momentum": self.momentum,
+            "window": "hann",
+            "center": True,
+            "phase_floor": PHASE_FLOOR,
+        }
 
     # -- pieces ---------------------------------------------------------------------------------
     def normalise(self, log_mel: Tensor) -> Tensor:

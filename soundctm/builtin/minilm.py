@@ -185,11 +185,19 @@ class FastTokenizer:
         return {"input_ids": ids}
 
     def save_pretrained(self, folder: str) -> None:
+        """The package's tokenizer files, ``tokenizer.json`` without its stored padding and
+        truncation (callers give their own ``max_length``; the package stores ``Fixed(128)``)."""
+        from tokenizers import Tokenizer
+
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        for name in TOKENIZER_FILES:
+        for name in TOKENIZER_FILES[1:]:
             if (self.folder / name).is_file():
                 shutil.copyfile(self.folder / name, out / name)
+        clean = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        clean.no_padding()
+        clean.no_truncation()
+        clean.save(str(out / "tokenizer.json"))
 
 
 __all__ = ["BertLayer", "EncoderOutput", "FastTokenizer", "MiniBert"]
