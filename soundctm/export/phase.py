@@ -97,13 +97,30 @@ def _windowed_frames(padded: np.ndarray, window: np.ndarray, hop: int) -> np.nda
     return out
 
 
+#: At most this many STFT samples (clips x frames x n_fft) per pass: a few clips at a time keep the
+#: working set in the CPU caches (every clip is computed alone anyway).
+CHUNK = 1 << 18
+
+
 def griffin_lim(magnitude: np.ndarray, settings: GriffinLimSettings) -> np.ndarray:
     """Audio ``[B, (frames - 1) * hop]`` (float32) whose STFT magnitude approximates
     ``magnitude [B, frames, n_fft // 2 + 1]`` (fast Griffin-Lim, eq. 4-5 of Perraudin et al.
     2013, with ``c_n = t_n - alpha / (1 + alpha) t_{n-1}``)."""
+    magnitude = np.ascontiguousarray(magnitude, dtype=np.float32)
+    if magnitude.ndim != 3:
+        raise ValueError(f"the magnitude must be [B, frames, bins], got {magnitude.shape}")
+    rows = max(1, CHUNK // (magnitude.shape[1] * settings.n_fft))
+    if magnitude.shape[0] > rows:
+        parts = [
+            _griffin_lim(magnitude[i : i + rows], settings) for i in range(0, len(magnitude), rows)
+        ]
+        return np.concatenate(parts)
+    return _griffin_lim(magnitude, settings)
+
+
+def _griffin_lim(magnitude: np.ndarray, settings: GriffinLimSettings) -> np.ndarray:
     from scipy import fft
 
-    magnitude = np.ascontiguousarray(magnitude, dtype=np.float32)
     _, count, bins = magnitude.shape
     n, hop = settings.n_fft, settings.hop_length
     if bins != n // 2 + 1:
