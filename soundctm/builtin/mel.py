@@ -271,11 +271,12 @@ class MelAutoencoder(nn.Module, PhaseRetrieval, CheckpointWeights):
         phase[0] = 1.0  # phase 0: (cos, sin) = (1, 0)
         prev: Tensor | None = None
         beta = self.momentum / (1 + self.momentum)
+        unit = phase[:, :1, :1, :1].clone()  # (1, 0): the phase of near-silent bins
         for _ in range(self.griffin_lim_iters):
             spec = self._spectrum(self._synthesis(self._complex(magnitude * phase), envelope))
             pair = self._planes(spec)
             # the momentum step; on the first pass t_{n-1} = 0 and t - beta * 0 = t exactly
-            phase = unit_phase_planes(pair if prev is None else pair - beta * prev)
+            phase = unit_phase_planes(pair if prev is None else pair - beta * prev, unit=unit)
             prev = pair
         return self._synthesis(self._complex(magnitude * phase), envelope)
 

@@ -23,6 +23,7 @@ batches the misses instead (faster on a cold cache, not bit-exact; see
 from __future__ import annotations
 
 import importlib
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -141,7 +142,7 @@ class CachedTextEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the encoder's weights (and its outputs) are."""
-        for t in (*self.parameters(), *self.buffers()):
+        for t in itertools.chain(self.parameters(), self.buffers()):  # the first one (lazily)
             return t.device
         return torch.device("cpu")
 

@@ -138,18 +138,19 @@ def unit_phase(real: Tensor, imag: Tensor, floor: float = PHASE_FLOOR) -> tuple[
     return phase[0], phase[1]
 
 
-def unit_phase_planes(pair: Tensor, floor: float = PHASE_FLOOR) -> Tensor:
+def unit_phase_planes(
+    pair: Tensor, floor: float = PHASE_FLOOR, unit: Tensor | None = None
+) -> Tensor:
     """:func:`unit_phase` of ``pair = [real, imag]`` stacked on the first axis (``[2, ...]``):
     ``pair / sqrt(real^2 + imag^2)``, ``(1, 0)`` where that magnitude is below ``floor``. (The
-    division by a near-zero magnitude is computed and then discarded.)"""
+    division by a near-zero magnitude is computed and then discarded.) ``unit``: the ``(1, 0)``
+    pair shaped ``[2, 1, ...]`` (made here when not given; a loop passes its own)."""
     square = pair * pair
     norm = torch.sqrt(square[0] + square[1])
-    small = norm < floor
-    phase = pair / norm
-    if not torch.compiler.is_compiling() and not bool(small.any()):
-        return phase  # eager and no near-silent bin: nothing to replace
-    unit = torch.tensor([1.0, 0.0], dtype=pair.dtype, device=pair.device)
-    return torch.where(small, unit.reshape(2, *[1] * small.dim()), phase)
+    if unit is None:
+        unit = torch.tensor([1.0, 0.0], dtype=pair.dtype, device=pair.device)
+        unit = unit.reshape(2, *[1] * norm.dim())
+    return torch.where(norm < floor, unit, pair / norm)
 
 
 def pad_token_states(states: Sequence[Tensor], dim: int) -> Conditioning:

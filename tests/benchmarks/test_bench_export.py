@@ -59,18 +59,29 @@ def _net_inputs(pipe, batch):
     return x, t, s, cond, w
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("batch", [1, 8])
-def test_network(benchmark, pipes, runtime, batch):
-    pipe = pipes[0] if runtime == "torch" else pipes[1]
+def test_network(benchmark, pipes, batch):
+    """The network graph alone: torch eager and onnxruntime alternating, medians of 7."""
+    from timing import alternate, load  # tests/benchmarks/timing.py
+
     x, t, s, cond, w = _net_inputs(pipes[0], batch)
 
-    def run():
-        with torch.inference_mode():
-            return pipe.ctm.g(x, t, s, cond, w)
+    def run(net):
+        def call():
+            with torch.inference_mode():
+                return net.g(x, t, s, cond, w)
 
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
-    benchmark.extra_info.update({"runtime": runtime, "batch": batch})
+        return call
+
+    fns = {"torch": run(pipes[0].ctm), "onnxruntime": run(pipes[1].network)}
+    med = alternate(fns)
+    benchmark.pedantic(fns["onnxruntime"], rounds=3, warmup_rounds=0)
+    ratio = med["torch"] / med["onnxruntime"]
+    benchmark.extra_info.update({"batch": batch, "ratio": round(ratio, 2), "load": load(), **med})
+    print(
+        f"\nnetwork batch {batch}: torch {med['torch'] * 1e3:.1f} ms, onnxruntime "
+        f"{med['onnxruntime'] * 1e3:.1f} ms, torch / onnxruntime {ratio:.2f}, load {load()}"
+    )
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "onnxruntime-graph"])
