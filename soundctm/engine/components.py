@@ -16,6 +16,7 @@ capability                what it is                                      used b
 :class:`CountsParameters` ``parameter_count(params) -> int`` (factory)    card size checks
 :class:`OnnxExportable`   ``onnx_export() -> OnnxGraph``                  ``soundctm export``
 :class:`PhaseRetrieval`   ``phase_retrieval``: decoder retrieves phase    export checks
+:class:`HostPhaseRetrieval` ``magnitude`` + Griffin-Lim settings          host phase retrieval
 :class:`CheckpointWeights` ``checkpoint_weights``: store weights or not   checkpoints
 :class:`LoraTargets`      ``lora_targets``: layers LoRA adapts            ``--lora-rank``
 solver options            keyword options beyond the shared signature     sampling plans
@@ -231,6 +232,18 @@ class PhaseRetrieval(Protocol):
 
 
 @runtime_checkable
+class HostPhaseRetrieval(Protocol):
+    """A decoder whose last stage is fast Griffin-Lim on a magnitude spectrogram, split so that
+    an exported model can run the iteration on the host (numpy FFT, :mod:`soundctm.export.phase`)
+    instead of in the graph: ``magnitude(latents)`` gives the spectrogram and
+    ``griffin_lim_settings()`` the iteration's settings (None: not offered for this instance)."""
+
+    def magnitude(self, latents: Tensor) -> Tensor: ...
+
+    def griffin_lim_settings(self) -> dict[str, Any] | None: ...
+
+
+@runtime_checkable
 class CropsToClip(Protocol):
     """An autoencoder whose decoded audio may be longer than the clip asked for (it rounds the
     latent length up, as a UNet needs): the sampler crops it to ``round(seconds * rate)``."""
@@ -292,6 +305,14 @@ def phase_retrieval(autoencoder: object) -> bool:
     return isinstance(autoencoder, PhaseRetrieval) and bool(autoencoder.phase_retrieval)
 
 
+def host_phase_retrieval(autoencoder: object) -> dict[str, Any] | None:
+    """The Griffin-Lim settings of ``autoencoder`` for a host implementation, when it offers
+    :class:`HostPhaseRetrieval` and settings for this instance; else None."""
+    if isinstance(autoencoder, HostPhaseRetrieval):
+        return autoencoder.griffin_lim_settings()
+    return None
+
+
 def crops_to_clip(autoencoder: object) -> bool:
     """Whether decoded audio of ``autoencoder`` is cropped to the clip length (default: no)."""
     return isinstance(autoencoder, CropsToClip) and bool(autoencoder.crop_to_clip)
@@ -336,6 +357,7 @@ __all__ = [
     "ExpandsParams",
     "HasLastLayer",
     "HasMaxFrames",
+    "HostPhaseRetrieval",
     "LoraTargets",
     "OnnxExportable",
     "OnnxGraph",
@@ -348,6 +370,7 @@ __all__ = [
     "crops_to_clip",
     "declared_parameter_count",
     "expand_params",
+    "host_phase_retrieval",
     "last_layer",
     "lora_targets",
     "max_frames",

@@ -71,14 +71,56 @@ def frame_signal(x: Tensor, size: int, hop: int) -> Tensor:
     """Overlapping frames ``[B, 1 + (n - size) // hop, size]`` of ``[B, n]``: ``x.unfold(-1,
     size, hop)``. When ``hop`` divides ``size`` the frames are built from ``size // hop`` shifted
     views of one reshape, which exports to ONNX as slices and a concat instead of a large
-    Gather (measured: the Gathers took 16% of the exported default decoder's time)."""
+    Gather (measured: the Gathers took 16% of the exported default decoder's time). Run
+    eagerly it is the ``unfold`` view (no copy)."""
     n = x.shape[-1]
-    if size % hop or n < size:
-        return x.unfold(-1, size, hop)
+    if size % hop or n < size or not torch.compiler.is_compiling():
+        return x.unfold(-1, size, hop)  # eager: a view
     count = 1 + (n - size) // hop
     r = size // hop
     chunks = x[..., : (count + r - 1) * hop].reshape(*x.shape[:-1], count + r - 1, hop)
     return torch.cat([chunks[..., i : i + count, :] for i in range(r)], dim=-1)
+
+
+#: Above this many overlapping frames per sample, :func:`overlap_add` uses ``fold`` (one kernel)
+#: rather than one shifted add per overlap.
+MAX_SHIFTED_ADDS = 16
+
+
+def overlap_add(frames: Tensor, hop: int, start: int = 0, length: int | None = None) -> Tensor:
+    """The overlap-add ``y[k hop + j] += frames[k, j]`` of frames ``[B, T, N]`` placed ``hop``
+    apart (the sum in Griffin & Lim 1984, eq. 6), samples ``start`` to ``start + length`` of
+    the ``(T - 1) * hop + N`` (all by default).
+
+    When ``hop`` divides ``N`` (``r = N / hop`` overlaps, 2 for the default codec) it is ``r``
+    shifted adds of ``[B, T + r - 1, hop]`` blocks, several times faster than
+    ``nn.functional.fold`` (col2im) on the CPU, exported to ONNX as pads and adds; with
+    ``r = 2``, ``start = hop`` and ``length = (T - 1) * hop`` (an inverse STFT with
+    ``center=True`` and ``N = 2 hop``) a single add. Otherwise ``fold``."""
+    b, count, size = frames.shape
+    total = (count - 1) * hop + size
+    length = total - start if length is None else length
+    r = size // hop
+    if size % hop or r > MAX_SHIFTED_ADDS:
+        out = torch.nn.functional.fold(
+            frames.transpose(1, 2), output_size=(1, total), kernel_size=(1, size), stride=(1, hop)
+        )
+        return out[:, 0, 0, start : start + length]
+    parts = frames.reshape(b, count, r, hop)
+    if r == 2 and start == hop and length == (count - 1) * hop:
+        return (parts[:, 1:, 0] + parts[:, :-1, 1]).reshape(b, length)
+    out = torch.nn.functional.pad(parts[:, :, 0], (0, 0, 0, r - 1))
+    for i in range(1, r):
+        out = out + torch.nn.functional.pad(parts[:, :, i], (0, 0, i, r - 1 - i))
+    return out.reshape(b, (count + r - 1) * hop)[:, start : start + length]
+
+
+def reflect_pad(x: Tensor, pad: int) -> Tensor:
+    """``nn.functional.pad(x, (pad, pad), mode="reflect")`` for ``[B, n]`` with ``pad < n``,
+    as two flipped slices and a concat (the same values; torch's reflection kernel is several
+    times slower on the CPU)."""
+    n = x.shape[-1]
+    return torch.cat([x[:, 1 : pad + 1].flip(-1), x, x[:, n - pad - 1 : n - 1].flip(-1)], dim=-1)
 
 
 PHASE_FLOOR = 1e-6  # |STFT| below this has no meaningful phase (audio peaks are O(1))
@@ -92,12 +134,23 @@ def unit_phase(real: Tensor, imag: Tensor, floor: float = PHASE_FLOOR) -> tuple[
     between runtimes (onnxruntime returns exact zeros where torch returns 1e-9) and would be
     amplified by the following iterations. A fixed choice there keeps torch and exported decoders
     in step."""
-    norm = torch.sqrt(real * real + imag * imag)
-    small = norm < floor
-    safe = torch.where(small, torch.ones_like(norm), norm)
-    real = torch.where(small, torch.ones_like(real), real / safe)
-    imag = torch.where(small, torch.zeros_like(imag), imag / safe)
-    return real, imag
+    phase = unit_phase_planes(torch.stack([real, imag]), floor)
+    return phase[0], phase[1]
+
+
+def unit_phase_planes(
+    pair: Tensor, floor: float = PHASE_FLOOR, unit: Tensor | None = None
+) -> Tensor:
+    """:func:`unit_phase` of ``pair = [real, imag]`` stacked on the first axis (``[2, ...]``):
+    ``pair / sqrt(real^2 + imag^2)``, ``(1, 0)`` where that magnitude is below ``floor``. (The
+    division by a near-zero magnitude is computed and then discarded.) ``unit``: the ``(1, 0)``
+    pair shaped ``[2, 1, ...]`` (made here when not given; a loop passes its own)."""
+    square = pair * pair
+    norm = torch.sqrt(square[0] + square[1])
+    if unit is None:
+        unit = torch.tensor([1.0, 0.0], dtype=pair.dtype, device=pair.device)
+        unit = unit.reshape(2, *[1] * norm.dim())
+    return torch.where(norm < floor, unit, pair / norm)
 
 
 def pad_token_states(states: Sequence[Tensor], dim: int) -> Conditioning:

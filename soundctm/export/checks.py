@@ -119,6 +119,25 @@ def compare(
     return diff
 
 
+def host_check(autoencoder: object, latents: Tensor, settings: dict) -> float:
+    """Spectral convergence between the torch decoder and the host Griffin-Lim
+    (:mod:`soundctm.export.phase`) run on the torch magnitude, on the export example (raises
+    above ``SPECTRAL_CHECK_TOLERANCE``)."""
+    from soundctm.export.phase import GriffinLimSettings, griffin_lim
+
+    with torch.no_grad():
+        ref = autoencoder.decode(latents).float().cpu()  # type: ignore[attr-defined]
+        magnitude = autoencoder.magnitude(latents).float().cpu().numpy()  # type: ignore[attr-defined]
+    got = torch.from_numpy(griffin_lim(magnitude, GriffinLimSettings.from_spec(settings)))
+    diff = waveform_spectral_convergence(ref.reshape(got.shape), got)
+    if not diff <= SPECTRAL_CHECK_TOLERANCE:
+        raise ExportError(
+            f"the host Griffin-Lim and the torch decoder differ by {diff:.3g} (spectral "
+            f"convergence, limit {SPECTRAL_CHECK_TOLERANCE:g}) on the export example"
+        )
+    return diff
+
+
 __all__ = [
     "CHECK_TOLERANCE",
     "FP16_CHECK_TOLERANCE",
@@ -126,5 +145,6 @@ __all__ = [
     "ExportError",
     "compare",
     "first_line",
+    "host_check",
     "waveform_spectral_convergence",
 ]

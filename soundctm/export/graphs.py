@@ -3,7 +3,8 @@ shapes they are exported for (docs/onnx.md).
 
 * :class:`NetworkGraph`: the preconditioned CTM network ``g(x, t, s)`` (method.md §2-3);
 * :class:`HalfBackbone`: a float16 copy of a backbone for ``fp16`` exports;
-* :class:`DecoderGraph`: latents -> waveform.
+* :class:`DecoderGraph`: latents -> waveform;
+* :class:`MagnitudeGraph`: latents -> magnitude spectrogram (Griffin-Lim decoders).
 
 Text encoders bring their own graph (:class:`~soundctm.engine.components.OnnxExportable`).
 """
@@ -82,6 +83,19 @@ class DecoderGraph(nn.Module):
         return audio.reshape(audio.shape[0], -1).float()
 
 
+class MagnitudeGraph(nn.Module):
+    """``latents -> magnitude [B, frames, n_fft // 2 + 1]``: a Griffin-Lim decoder up to its
+    phase retrieval (:class:`~soundctm.engine.components.HostPhaseRetrieval`), for runtimes that
+    retrieve the phase on the host (:mod:`soundctm.export.phase`)."""
+
+    def __init__(self, autoencoder: Any) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, latents: Tensor) -> Tensor:
+        return self.autoencoder.magnitude(latents).float()
+
+
 # ---------------------------------------------------------------------------- shapes
 def frame_axes(autoencoder: Any, seconds: float, max_seconds: float) -> list[int]:
     """The latent axes (0-based, batch excluded) whose size changes with the clip length."""
@@ -157,6 +171,7 @@ __all__ = [
     "MIN_FRAMES",
     "DecoderGraph",
     "HalfBackbone",
+    "MagnitudeGraph",
     "NetworkGraph",
     "decoder_example",
     "frame_axes",

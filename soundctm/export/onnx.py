@@ -39,6 +39,7 @@ from soundctm.engine.components import (
     OnnxGraph,
     TokenizerSpec,
     crops_to_clip,
+    host_phase_retrieval,
     onnx_exportable,
     onnx_graph,
     phase_retrieval,
@@ -53,12 +54,14 @@ from soundctm.export.checks import (
     ExportError,
     compare,
     first_line,
+    host_check,
     waveform_spectral_convergence,
 )
 from soundctm.export.graphs import (
     MIN_FRAMES,
     DecoderGraph,
     HalfBackbone,
+    MagnitudeGraph,
     NetworkGraph,
     check_seconds,
     decoder_example,
@@ -72,6 +75,8 @@ EXPORT_FORMAT = "soundctm-onnx"
 EXPORT_VERSION = 1
 TOKENIZER_DIR = "tokenizer"
 GRAPHS = ("text_encoder", "network", "decoder")
+#: The magnitude graph of a Griffin-Lim decoder (``export.json phase_retrieval.graph``).
+MAGNITUDE_GRAPH = "decoder_magnitude"
 
 
 def _need(module: str) -> Any:
@@ -250,6 +255,7 @@ def export_onnx(
 
     device = pipe.device
     encoder = pipe.text_encoder
+    host_settings = host_phase_retrieval(pipe.autoencoder)
     seconds, max_seconds = card.seconds, card.max_seconds
     latent = tuple(int(n) for n in pipe.latent_shape(seconds))
     axes = frame_axes(pipe.autoencoder, seconds, max_seconds)
@@ -327,6 +333,22 @@ def export_onnx(
             opset,
             spectral=phase_retrieval(pipe.autoencoder),
         )
+        if host_settings is not None:
+            emit(
+                callback,
+                Message("exporting the decoder's magnitude spectrogram (host Griffin-Lim)"),
+            )
+            check_diffs[MAGNITUDE_GRAPH] = _export_graph(
+                "autoencoder",
+                names["autoencoder"],
+                MagnitudeGraph(pipe.autoencoder),
+                (latents,),
+                {"latents": latent_dims},
+                ("magnitude",),
+                tmp / f"{MAGNITUDE_GRAPH}.onnx",
+                opset,
+            )
+            check_diffs["decoder_host"] = host_check(pipe.autoencoder, latents, host_settings)
         emit(callback, Message(f"exporting the text_encoder {names['text_encoder']!r}"))
         check_diffs["text_encoder"] = _export_graph(
             "text_encoder",
@@ -379,6 +401,20 @@ def export_onnx(
                 "fallback_token_id": fallback,
             },
             "graphs": {k: {"file": f"{k}.onnx", **_io_spec(tmp / f"{k}.onnx")} for k in GRAPHS},
+            # optional (older readers ignore it): Griffin-Lim on the host, docs/onnx.md
+            **(
+                {}
+                if host_settings is None
+                else {
+                    "phase_retrieval": {
+                        **host_settings,
+                        "graph": {
+                            "file": f"{MAGNITUDE_GRAPH}.onnx",
+                            **_io_spec(tmp / f"{MAGNITUDE_GRAPH}.onnx"),
+                        },
+                    }
+                }
+            ),
             "export_check_max_abs_diff": check_diffs,
             "export_check_seconds": check_secs,
             "export_check_decoder": (
@@ -407,6 +443,7 @@ __all__ = [
     "EXPORT_VERSION",
     "FP16_CHECK_TOLERANCE",
     "GRAPHS",
+    "MAGNITUDE_GRAPH",
     "MIN_FRAMES",
     "SPECTRAL_CHECK_TOLERANCE",
     "TOKENIZER_DIR",

@@ -33,7 +33,13 @@ from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.ctm import TrajectoryModel, as_batch
 from soundctm.engine.sampler import Sampler, SamplingAPI
 from soundctm.errors import CheckpointError, InvalidArgumentError, SoundCTMError
-from soundctm.export.onnx import EXPORT_FILE, EXPORT_FORMAT, EXPORT_VERSION, GRAPHS
+from soundctm.export.onnx import (
+    EXPORT_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    GRAPHS,
+    MAGNITUDE_GRAPH,
+)
 from soundctm.plugins.registry import Registry
 
 #: Short provider names accepted by :func:`resolve_providers`.
@@ -92,6 +98,16 @@ def read_export(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
             raise CheckpointError(
                 f"{where} is invalid at graphs.{graph}.file: {name!r} has no SHA-256 in files, so "
                 "it cannot be verified; re-export the model"
+            )
+    host = spec.get("phase_retrieval")
+    if host is not None:
+        graph = host.get("graph") if isinstance(host, dict) else None
+        name = graph.get("file") if isinstance(graph, dict) else None
+        inside_file(path, name, field="phase_retrieval.graph.file", where=where)
+        if verify and name not in files:
+            raise CheckpointError(
+                f"{where} is invalid at phase_retrieval.graph.file: {name!r} has no SHA-256 in "
+                "files, so it cannot be verified; re-export the model"
             )
     text = spec.get("text", {})
     if isinstance(text, dict) and "tokenizer" in text:
@@ -170,13 +186,30 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
+def session_options(threads: int | None = None) -> Any:
+    """The onnxruntime session options of exported models: all graph optimisations, sequential
+    execution (the graphs have no parallel branches worth a second pool), the CPU memory arena,
+    ``threads`` intra-op threads (None: onnxruntime's default, one per physical core) and no
+    spinning of idle pool threads (on a busy or shared machine a spinning thread takes CPU from
+    the host's own work between graph calls; measured in docs/onnx.md, "Speed")."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = True
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OrtGraph:
     """One onnxruntime session; called with numpy feeds, returns its first output."""
 
-    def __init__(self, path: Path, providers: Sequence[str]) -> None:
+    def __init__(self, path: Path, providers: Sequence[str], threads: int | None = None) -> None:
         ort = _onnxruntime()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options = session_options(threads)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:
@@ -310,6 +343,30 @@ class GraphDecoder:
         return torch.from_numpy(self.graph({"latents": _numpy(latents)}))
 
 
+class HostPhaseDecoder(GraphDecoder):
+    """A Griffin-Lim decoder split at the phase retrieval: the ``decoder_magnitude`` graph gives
+    the magnitude spectrogram, :func:`soundctm.export.phase.griffin_lim` (numpy/scipy FFT)
+    the waveform, with the settings of ``export.json phase_retrieval``."""
+
+    def __init__(self, graph: Graph, spec: dict[str, Any]) -> None:
+        from soundctm.export.phase import GriffinLimSettings
+
+        super().__init__(graph, spec)
+        try:
+            self.settings = GriffinLimSettings.from_spec(spec["phase_retrieval"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{EXPORT_FILE} is invalid at phase_retrieval ({exc}); re-export the model or "
+                "load it with host_phase_retrieval=False"
+            ) from exc
+
+    def decode(self, latents: Tensor) -> Tensor:
+        from soundctm.export.phase import griffin_lim
+
+        magnitude = self.graph({"latents": _numpy(latents)})
+        return torch.from_numpy(griffin_lim(magnitude, self.settings))
+
+
 # ---------------------------------------------------------------------------- pipeline
 class OrtPipeline(SamplingAPI):
     """An exported model run by onnxruntime (or TensorRT engines, see
@@ -335,7 +392,10 @@ class OrtPipeline(SamplingAPI):
     ) -> None:
         from soundctm.plugins.registry import get_registry
 
-        decoder = GraphDecoder(graphs["decoder"], spec)
+        if MAGNITUDE_GRAPH in graphs and "phase_retrieval" in spec:
+            decoder: GraphDecoder = HostPhaseDecoder(graphs[MAGNITUDE_GRAPH], spec)
+        else:
+            decoder = GraphDecoder(graphs["decoder"], spec)
         if decoder.sample_rate != card.sample_rate:
             raise CheckpointError(
                 f"{EXPORT_FILE} says {decoder.sample_rate} Hz but model.json says "
@@ -361,12 +421,26 @@ class OrtPipeline(SamplingAPI):
         providers: str | Sequence[str] | None = None,
         verify: bool = True,
         registry: Registry | None = None,
+        host_phase_retrieval: bool = True,
+        threads: int | None = None,
     ) -> OrtPipeline:
-        """Load an exported directory; ``providers``: see :func:`resolve_providers`."""
+        """Load an exported directory; ``providers``: see :func:`resolve_providers`.
+
+        ``host_phase_retrieval``: when the export has a Griffin-Lim decoder split for the host
+        (``export.json phase_retrieval``), run its magnitude graph and the iteration in numpy
+        (several times faster than onnxruntime's DFT); False, or an older export: the
+        self-contained ``decoder.onnx``. ``threads``: intra-op threads per session (None:
+        onnxruntime's default)."""
         path = Path(path)
         spec = read_export(path, verify=verify)
         chosen = resolve_providers(providers)
-        graphs = {name: OrtGraph(path / spec["graphs"][name]["file"], chosen) for name in GRAPHS}
+        names = list(GRAPHS)
+        if host_phase_retrieval and "phase_retrieval" in spec:
+            names[names.index("decoder")] = MAGNITUDE_GRAPH
+        files = {name: spec["graphs"][name]["file"] for name in GRAPHS}
+        if MAGNITUDE_GRAPH in names:
+            files[MAGNITUDE_GRAPH] = spec["phase_retrieval"]["graph"]["file"]
+        graphs = {name: OrtGraph(path / files[name], chosen, threads) for name in names}
         return cls.from_graphs(path, graphs, providers=chosen, spec=spec, registry=registry)
 
     @classmethod
@@ -420,6 +494,7 @@ __all__ = [
     "GraphCTM",
     "GraphDecoder",
     "GraphTextEncoder",
+    "HostPhaseDecoder",
     "OrtGraph",
     "OrtPipeline",
     "is_exported",
@@ -427,4 +502,5 @@ __all__ = [
     "providers_for_device",
     "read_export",
     "resolve_providers",
+    "session_options",
 ]

@@ -4,6 +4,9 @@ batch 1 and 8.
 The shipped default model (6.65M DiT student, MiniLM, mel codec with 32 Griffin-Lim iterations,
 3-second clips) exported at the start; without it, a random "small" DiT student of the same
 shape. Real-time factor = seconds of compute per second of audio.
+Both runtimes use one thread (torch.set_num_threads(1), onnxruntime intra-op threads 1), so the
+ratios do not depend on how busy a shared machine's other cores are; onnxruntime runs Griffin-Lim
+on the host (numpy/scipy FFT, the default) and, for the decoder, also the whole decoder.onnx.
 Run: pytest tests/benchmarks/test_bench_export.py --benchmark-only -s
 """
 
@@ -38,7 +41,12 @@ def pipes(tmp_path_factory):
                 p.add_(0.02 * torch.randn_like(p))
         ckpt = pipe.save(root / "ckpt")
     exported = export_onnx(ckpt, root / "onnx")
-    return Pipeline.load(ckpt), OrtPipeline.load(exported, providers=["cpu"])
+    torch.set_num_threads(1)
+    return (
+        Pipeline.load(ckpt),
+        OrtPipeline.load(exported, providers=["cpu"], threads=1),
+        OrtPipeline.load(exported, providers=["cpu"], threads=1, host_phase_retrieval=False),
+    )
 
 
 def _net_inputs(pipe, batch):
@@ -51,24 +59,35 @@ def _net_inputs(pipe, batch):
     return x, t, s, cond, w
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("batch", [1, 8])
-def test_network(benchmark, pipes, runtime, batch):
-    pipe = pipes[0] if runtime == "torch" else pipes[1]
+def test_network(benchmark, pipes, batch):
+    """The network graph alone: torch eager and onnxruntime alternating, medians of 7."""
+    from timing import alternate, load  # tests/benchmarks/timing.py
+
     x, t, s, cond, w = _net_inputs(pipes[0], batch)
 
-    def run():
-        with torch.inference_mode():
-            return pipe.ctm.g(x, t, s, cond, w)
+    def run(net):
+        def call():
+            with torch.inference_mode():
+                return net.g(x, t, s, cond, w)
 
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
-    benchmark.extra_info.update({"runtime": runtime, "batch": batch})
+        return call
+
+    fns = {"torch": run(pipes[0].ctm), "onnxruntime": run(pipes[1].network)}
+    med = alternate(fns)
+    benchmark.pedantic(fns["onnxruntime"], rounds=3, warmup_rounds=0)
+    ratio = med["torch"] / med["onnxruntime"]
+    benchmark.extra_info.update({"batch": batch, "ratio": round(ratio, 2), "load": load(), **med})
+    print(
+        f"\nnetwork batch {batch}: torch {med['torch'] * 1e3:.1f} ms, onnxruntime "
+        f"{med['onnxruntime'] * 1e3:.1f} ms, torch / onnxruntime {ratio:.2f}, load {load()}"
+    )
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "onnxruntime-graph"])
 @pytest.mark.parametrize("batch", [1, 8])
 def test_decoder(benchmark, pipes, runtime, batch):
-    pipe = pipes[0] if runtime == "torch" else pipes[1]
+    pipe = pipes[["torch", "onnxruntime", "onnxruntime-graph"].index(runtime)]
     g = torch.Generator().manual_seed(0)
     z = 0.5 * torch.randn(batch, *pipes[0].latent_shape(SECONDS), generator=g)
 
@@ -97,4 +116,26 @@ def test_one_step_pipeline(benchmark, pipes, runtime, batch):
     print(
         f"\n1-step pipeline {runtime} batch {batch}: {benchmark.stats.stats.mean * 1000:.0f} ms,"
         f" real-time factor {rtf:.4f}"
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_one_step_pipeline_ratio(benchmark, pipes, batch):
+    """torch eager / onnxruntime, both in this run, alternating, medians of 7 (target >= 1.3)."""
+    from timing import alternate, load  # tests/benchmarks/timing.py
+
+    prompts = ["a high-pitched beep repeating three times"] * batch
+    seeds = list(range(batch))
+    fns = {
+        name: (lambda p=p: p.generate(prompts, seeds=seeds, steps=1, batch_size=batch))
+        for name, p in (("torch", pipes[0]), ("onnxruntime", pipes[1]))
+    }
+    med = alternate(fns)
+    benchmark.pedantic(fns["onnxruntime"], rounds=3, warmup_rounds=0)
+    ratio = med["torch"] / med["onnxruntime"]
+    benchmark.extra_info.update({"batch": batch, "ratio": round(ratio, 2), "load": load(), **med})
+    print(
+        f"\n1-step pipeline batch {batch}: torch {med['torch'] * 1e3:.1f} ms, onnxruntime "
+        f"{med['onnxruntime'] * 1e3:.1f} ms, torch / onnxruntime {ratio:.2f} (target >= 1.3), "
+        f"load {load()}"
     )
