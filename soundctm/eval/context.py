@@ -82,7 +82,8 @@ class EvalContext:
 
     def _per_item(self, embedder: Any, evalset: EvalSet, which: str, kind: str) -> list[np.ndarray]:
         """One array per item (``embed``: ``[dim]``, ``frames``: ``[windows, dim]``, ``logits``:
-        ``[classes]``), from the cache or computed one clip at a time."""
+        ``[classes]``), from the cache or computed in batches of ``batch_size`` clips of one
+        length (each clip's result does not depend on its batch)."""
         import torch
 
         from soundctm.eval.embedders import resample_for
@@ -100,22 +101,23 @@ class EvalContext:
         if todo:
             emit(self.callback, EvalStage(f"{kind} {embedder.name} ({which})", len(todo)))
         fn = embedder.embed_frames if kind == "frames" else getattr(embedder, kind)
-        for done, i in enumerate(todo, start=1):
-            it = items[i]
-            audio = it.audio if which == "generated" else it.reference
-            x = torch.from_numpy(np.asarray(audio, dtype=np.float32))[None]
+        done = 0
+        for group in _batches(todo, [len(_clip(items[i], which)) for i in todo], self.batch_size):
+            x = torch.from_numpy(np.stack([_clip(items[i], which) for i in group]))
             x = resample_for(embedder, x, evalset.sample_rate)
             with torch.inference_mode():
                 y = fn(x.to(self.device))
-            arr = np.asarray(y[0].detach().float().cpu().numpy(), dtype=np.float32)
-            if not np.all(np.isfinite(arr)):
-                raise DataError(
-                    f"embedder {embedder.name!r} gave non-finite values for {it.key!r} "
-                    f"({which}); check that audio file"
-                )
-            self.cache.put(ns, kind, keys[i], arr)
-            out[i] = arr
-            emit(self.callback, EvalTick(done, len(todo)))
+            for row, i in enumerate(group):
+                arr = np.asarray(y[row].detach().float().cpu().numpy(), dtype=np.float32)
+                if not np.all(np.isfinite(arr)):
+                    raise DataError(
+                        f"embedder {embedder.name!r} gave non-finite values for "
+                        f"{items[i].key!r} ({which}); check that audio file"
+                    )
+                self.cache.put(ns, kind, keys[i], arr)
+                out[i] = arr
+                done += 1
+                emit(self.callback, EvalTick(done, len(todo)))
         return [o for o in out if o is not None]
 
     def embeddings(
@@ -147,6 +149,23 @@ class EvalContext:
                 self.cache.put(ns, "text", key, got)
             out.append(got)
         return np.stack(out)
+
+
+def _clip(item: Any, which: str) -> np.ndarray:
+    audio = item.audio if which == "generated" else item.reference
+    return np.asarray(audio, dtype=np.float32)
+
+
+def _batches(indices: list[int], lengths: list[int], size: int) -> list[list[int]]:
+    """``indices`` in groups of at most ``size`` whose clips have one length (embedders take
+    ``[B, n]``; batching several clips is about 2x faster for the transformer embedders)."""
+    groups: list[list[int]] = []
+    by_length: dict[int, list[int]] = {}
+    for i, n in zip(indices, lengths, strict=True):
+        by_length.setdefault(n, []).append(i)
+    for same in by_length.values():
+        groups.extend(same[k : k + size] for k in range(0, len(same), size))
+    return groups
 
 
 def make_context(

@@ -123,6 +123,18 @@ def _unusable(name: str, embedders: list[Any]) -> tuple[str, str] | None:
     return None
 
 
+def _build(context: EvalContext, name: str, params: dict[str, Any], preset: str | None) -> Any:
+    """The embedder ``name``; under a preset, a weight-file error names the preset too."""
+    from soundctm.eval.weights import WeightsFileError, WeightsNotFoundError
+
+    try:
+        return context.embedder(name, **params)
+    except (WeightsNotFoundError, WeightsFileError) as exc:
+        if preset is None:
+            raise
+        raise type(exc)(f"preset {preset!r}: {exc}") from exc
+
+
 def prepare_metrics(
     plan: MetricPlan, available: set[str], context: EvalContext, *, allow_none: bool = False
 ) -> Selection:
@@ -143,7 +155,9 @@ def prepare_metrics(
             skipped[name] = f"needs {missing[0]}"
             continue
         (metric,) = build_metrics([(name, params)], context.registry)
-        problem = _unusable(name, [context.embedder(e, **p) for e, p in metric.embedders()])
+        problem = _unusable(
+            name, [_build(context, e, p, plan.preset) for e, p in metric.embedders()]
+        )
         if problem is not None:
             if plan.explicit:
                 raise InvalidArgumentError(problem[0])
