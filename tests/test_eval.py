@@ -304,7 +304,11 @@ def _bad_inputs(tmp: Path):
             [gen, "--reference", gen, "--metrics", "fd", "--embedder", "vggish"],
             "SOUNDCTM_VGGISH_WEIGHTS",
         ),
-        "preset weights": ([gen, "--reference", gen, "--preset", "audioldm"], "audioldm"),
+        # every embedder of the preset is installed: the first missing weight file is named
+        "preset weights": (
+            [gen, "--reference", gen, "--preset", "audioldm"],
+            "SOUNDCTM_VGGISH_WEIGHTS",
+        ),
         "unknown preset": ([gen, "--preset", "nope"], "unknown evaluation preset"),
         "unknown metric": ([gen, "--metrics", "fad"], "did you mean 'fd'"),
         "nothing": ([], "nothing to evaluate"),

@@ -3,7 +3,8 @@ PaSST (logits, the KL / IS input) and OpenL3 (per-frame embeddings, the FD input
 clips again through the evaluation context's embedding cache (a re-run).
 
 Run: python -m pytest tests/benchmarks/test_bench_eval_embedders.py --benchmark-only -s
-(``SOUNDCTM_BENCH_CLIPS`` sets the clip count, default 100). The networks have their real sizes
+(``BENCH_EMBED_CLIPS`` sets the clip count, default 100; not a SOUNDCTM_ variable: the test
+session clears those). The networks have their real sizes
 (PaSST-S: 86 M parameters, OpenL3 mel256: 4.7 M) with random weights saved in the released
 formats, so the timings are those of the real files. The clips are at the protocol rates
 (32 kHz for PaSST, 48 kHz for OpenL3): resampling is not included.
@@ -24,7 +25,7 @@ from soundctm.eval.evalset import EvalItem, EvalSet
 from soundctm.eval.openl3 import OpenL3, OpenL3Embedder
 from soundctm.eval.passt import PaSST, PaSSTEmbedder
 
-CLIPS = int(os.environ.get("SOUNDCTM_BENCH_CLIPS", "100"))
+CLIPS = int(os.environ.get("BENCH_EMBED_CLIPS", "100"))
 SECONDS = 10.0
 
 
