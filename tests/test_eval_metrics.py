@@ -182,6 +182,19 @@ def test_kl_hand_computed_two_class_case():
     assert two == pytest.approx(expected / 2, abs=1e-5)
 
 
+def test_kl_stable_audio_direction_is_generated_against_reference():
+    """stable-audio-metrics: kl_div((p_ref + 1e-6).log(), p_gen, reduction="sum") = KL(p || q)."""
+    generated = np.array([[0.0, 0.0]])  # p = (1/2, 1/2)
+    reference = np.array([[math.log(3.0), 0.0]])  # q = (3/4, 1/4)
+    # KL(p || q) = 1/2 ln(2/3) + 1/2 ln(2) = 0.143841, the epsilon on q
+    expected = 0.5 * math.log(0.5 / (0.75 + 1e-6)) + 0.5 * math.log(0.5 / (0.25 + 1e-6))
+    got = kl_divergence(generated, reference, direction="gen||ref")
+    assert got == pytest.approx(expected, abs=1e-7)
+    assert abs(got - kl_divergence(generated, reference)) > 0.01
+    with pytest.raises(InvalidArgumentError, match="direction"):
+        kl_divergence(generated, reference, direction="sideways")
+
+
 def test_kl_paired_needs_equal_rows():
     with pytest.raises(InvalidArgumentError):
         kl_divergence(np.zeros((3, 4)), np.zeros((2, 4)))

@@ -114,7 +114,7 @@ def presets_ready(weight_files, monkeypatch):
 
 
 EXPECTED = {
-    "audioldm": (16000, ["fd", "kl", "is", "clap"], {"vggish", "passt", "clap"}),
+    "audioldm": (16000, ["fd", "kl", "is", "fd-passt", "clap"], {"vggish", "passt", "clap"}),
     "stable-audio": (
         44100,
         ["fd", "kl", "clap", "fd-clap", "mmd-clap"],
@@ -143,6 +143,8 @@ def test_both_presets_give_a_complete_report_on_folders(tmp_path, presets_ready)
         assert res["metrics"] == metrics and res["skipped"] == {}
         values = res["runs"][0]["metrics"]
         assert all(math.isfinite(values[m]["value"]) for m in metrics), values
+        # each protocol's KL direction: audioldm_eval KL(ref || gen), stable-audio KL(gen || ref)
+        assert values["kl"]["direction"] == ("ref||gen" if preset == "audioldm" else "gen||ref")
         assert set(res["embedders"]) == embedders
         for name in ("vggish", "clap") if preset == "audioldm" else ("clap",):
             (w,) = res["embedders"][name]["weights"]
@@ -171,7 +173,7 @@ def test_a_preset_on_a_model_resamples_to_its_rate(tmp_path, presets_ready):
         student, n=2, steps=[1], preset="audioldm", seconds=1.0, content=False,
         out=tmp_path / "out", use_cache=False,
     ).to_json()  # fmt: skip
-    assert res["metrics"] == ["fd", "kl", "is", "clap"] and res["n"] == 2
+    assert res["metrics"] == ["fd", "kl", "is", "fd-passt", "clap"] and res["n"] == 2
     assert res["seconds"] == 1.0 and res["sample_rate"] == 16000  # the model makes 8 kHz
     assert all(np.isfinite(v["value"]) for v in res["runs"][0]["metrics"].values())
     assert res["embedders"]["vggish"]["weights"][0]["file"] == "vggish-10086976.pth"

@@ -257,7 +257,18 @@ def _log_softmax(logits: np.ndarray, what: str) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
-def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray, *, paired: bool = True) -> float:
+#: The two directions of the protocols' KL: audioldm_eval's ``KL(p_ref || p_gen)`` and
+#: stable-audio-metrics' ``KL(p_gen || p_ref)``.
+KL_DIRECTIONS = ("ref||gen", "gen||ref")
+
+
+def kl_divergence(
+    p_logits: np.ndarray,
+    q_logits: np.ndarray,
+    *,
+    paired: bool = True,
+    direction: str = "ref||gen",
+) -> float:
     """KL divergence between classifier label distributions of generated and reference audio.
 
     ``p_logits`` ``[N, C]`` are the classifier logits (PaSST or PANNs over the AudioSet classes)
@@ -277,7 +288,15 @@ def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray, *, paired: bool = 
 
     With ``paired=False`` the row counts may differ and the KL is taken between the average
     label distributions of the two sets, ``KL(mean_i q_i || mean_j p_j)`` (same epsilon).
+
+    ``direction="gen||ref"`` swaps the roles, ``mean_i sum_c p_ic (log p_ic - log(q_ic + 1e-6))``:
+    stable-audio-metrics' ``passt_kld`` (``kl_div((ref_p + 1e-6).log(), eval_p, reduction="sum")``,
+    with the epsilon on the reference), the KL of the Stable Audio and SoundCTM-DiT papers.
     """
+    if direction not in KL_DIRECTIONS:
+        raise InvalidArgumentError(
+            f"KL direction must be one of {', '.join(KL_DIRECTIONS)}, got {direction!r}"
+        )
     log_p = _log_softmax(p_logits, "generated logits")
     log_q = _log_softmax(q_logits, "reference logits")
     if log_p.shape[1] != log_q.shape[1]:
@@ -292,6 +311,9 @@ def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray, *, paired: bool = 
             f"paired KL needs one reference per generated clip, got {p.shape[0]} generated and "
             f"{q.shape[0]} reference rows; pair them by file name or use paired=False"
         )
+    if direction == "gen||ref":
+        p, q = q, p
+    # KL(q || p) with the epsilon inside the second argument's log; q_c = 0 contributes 0
     terms = np.where(q > 0, q * (np.log(np.where(q > 0, q, 1.0)) - np.log(p + KL_EPS)), 0.0)
     return float(terms.sum(axis=1).mean())
 

@@ -182,11 +182,27 @@ class _ClassifierMetric:
 
 class KLMetric(_ClassifierMetric):
     """KL divergence between the classifier's label distributions of each reference clip and
-    its paired generated clip, ``KL(p_ref || p_gen)`` averaged over pairs (AudioLDM's KL on
-    PaSST / PANNs outputs)."""
+    its paired generated clip, averaged over pairs: ``KL(p_ref || p_gen)`` (``direction``
+    ``"ref||gen"``, AudioLDM's KL on PaSST / PANNs outputs) or ``KL(p_gen || p_ref)``
+    (``"gen||ref"``, stable-audio-metrics')."""
 
     name = "kl"
     requires: tuple[str, ...] = ("reference",)
+
+    def __init__(
+        self,
+        classifier: str = "passt",
+        direction: str = "ref||gen",
+        embedder_params: dict[str, Any] | None = None,
+    ) -> None:
+        from soundctm.eval.metrics import KL_DIRECTIONS
+
+        super().__init__(classifier, embedder_params)
+        if direction not in KL_DIRECTIONS:
+            raise InvalidArgumentError(
+                f"KL direction must be one of {', '.join(KL_DIRECTIONS)}, got {direction!r}"
+            )
+        self.direction = direction
 
     def compute(self, evalset: EvalSet, context: Context) -> dict[str, Any]:
         from soundctm.eval.metrics import kl_divergence
@@ -194,8 +210,13 @@ class KLMetric(_ClassifierMetric):
         emb = self._classifier(context)
         gen = context.logits(emb, evalset, "generated")
         ref = context.logits(emb, evalset, "reference")
-        value = kl_divergence(gen, ref, paired=True)  # = mean KL(p_ref || p_gen)
-        return {"value": float(value), "classifier": emb.name, "n": int(gen.shape[0])}
+        value = kl_divergence(gen, ref, paired=True, direction=self.direction)
+        return {
+            "value": float(value),
+            "classifier": emb.name,
+            "n": int(gen.shape[0]),
+            "direction": self.direction,
+        }
 
 
 class ISMetric(_ClassifierMetric):

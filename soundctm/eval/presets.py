@@ -76,10 +76,19 @@ PRESETS: dict[str, Preset] = {
             ("fd", {"embedder": "vggish"}),
             ("kl", {"classifier": "passt", "embedder_params": {"protocol": "audioldm"}}),
             ("is", {"classifier": "passt", "embedder_params": {"protocol": "audioldm"}}),
+            (
+                "fd",
+                {
+                    "embedder": "passt",
+                    "embedder_params": {"protocol": "audioldm"},
+                    "frames": False,
+                    "label": "fd-passt",
+                },
+            ),
             ("clap", {"embedder": "clap"}),
         ),
         (WEIGHTS["vggish"], WEIGHTS["passt"], WEIGHTS["clap"]),
-        "16 kHz: FAD (VGGish), KL and IS (PaSST), CLAP score",
+        "16 kHz: FAD (VGGish), KL, IS and FD (PaSST), CLAP score",
         seconds=10.0,
     ),
     "stable-audio": Preset(
@@ -94,6 +103,7 @@ PRESETS: dict[str, Preset] = {
                 "kl",
                 {
                     "classifier": "passt",
+                    "direction": "gen||ref",
                     "embedder_params": {"protocol": "stable-audio", "collect": "mean"},
                 },
             ),
