@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from soundctm.engine.dsp import mel_filterbank
 from soundctm.errors import InvalidArgumentError
-from soundctm.eval.embedders import load_weight_file
+from soundctm.eval.embedders import load_weight_file, peak_normalise
 from soundctm.eval.weights import (
     CLAP,
     CLAP_FUSION,
@@ -80,15 +80,6 @@ def quantise_int16(x: Tensor) -> Tensor:
     """laion_clap's ``int16_to_float32(float32_to_int16(x))``: clip to [-1, 1], scale by 32767,
     truncate towards zero (numpy's ``astype(int16)``), divide by 32767."""
     return (x.clamp(-1.0, 1.0) * 32767.0).to(torch.int16).to(torch.float32) / 32767.0
-
-
-def peak_normalise(x: Tensor, peak_db: float = PEAK_DB) -> Tensor:
-    """``x`` scaled so that its largest magnitude is ``peak_db`` dBFS (pyloudnorm's
-    ``normalize.peak``); silence stays silence (pyloudnorm would divide by zero)."""
-    peak = x.abs().max()
-    if float(peak) == 0.0:
-        return x
-    return x * (10.0 ** (peak_db / 20.0) / peak)
 
 
 def repeat_pad(x: Tensor, length: int = CLIP_SAMPLES) -> Tensor:
@@ -396,7 +387,7 @@ class LaionClapEmbedder(nn.Module):
         """Steps 2-3 of the module docstring on one clip ``[n]``."""
         x = clip.to(torch.float32)
         if self.peak_normalise:
-            x = peak_normalise(x)
+            x = peak_normalise(x, PEAK_DB)
         return quantise_int16(x)
 
     def features(self, clip: Tensor) -> tuple[Tensor, bool]:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from soundctm.engine.audio import resample_soxr
 from soundctm.engine.dsp import mel_filterbank
 from soundctm.errors import InvalidArgumentError
 from soundctm.eval.weights import WeightsFileError, WeightsNotFoundError
@@ -108,19 +109,21 @@ def resample_for(embedder: Embedder, audio: Tensor, sample_rate: int) -> Tensor:
 
 def resample_hq(audio: Tensor, orig_sr: int, new_sr: int) -> Tensor:
     """``audio`` ``[..., n]`` resampled with soxr's "HQ" quality, what ``librosa.load(sr=...)``
-    does (``res_type="soxr_hq"``, librosa's default), in float32. The evaluation references
-    (stable-audio-metrics, hear21passt, openl3) load audio with librosa, so every embedder gets
-    its rate this way. Output length: soxr's, ``ceil(n * new_sr / orig_sr)``."""
+    does (``res_type="soxr_hq"``, librosa's default), in float32, on ``audio``'s device. The
+    evaluation references (stable-audio-metrics, hear21passt, openl3) load audio with librosa,
+    so every embedder gets its rate this way (:func:`soundctm.engine.audio.resample_soxr`)."""
     if int(orig_sr) == int(new_sr):
         return audio
-    import soxr
+    return resample_soxr(audio.detach().to("cpu", torch.float32), orig_sr, new_sr).to(audio.device)
 
-    x = audio.detach().to("cpu", torch.float32)
-    flat = x.reshape(-1, x.shape[-1]).numpy()
-    y = soxr.resample(np.ascontiguousarray(flat.T), int(orig_sr), int(new_sr), quality="HQ")
-    y = np.asarray(y, dtype=np.float32).reshape(-1, flat.shape[0]).T
-    out = torch.from_numpy(np.ascontiguousarray(y)).reshape(*x.shape[:-1], y.shape[-1])
-    return out.to(audio.device)
+
+def peak_normalise(audio: Tensor, target_db: float = -1.0) -> Tensor:
+    """``pyloudnorm.normalize.peak`` as the references call it: each clip (the last axis)
+    scaled so that its largest absolute sample is ``10^(target_db / 20)``; silent clips stay
+    silent (pyloudnorm would divide by zero)."""
+    peak = audio.abs().amax(dim=-1, keepdim=True)
+    gain = 10.0 ** (target_db / 20.0) / peak.clamp_min(1e-12)
+    return torch.where(peak > 0, audio * gain, audio)
 
 
 # -- weight files -------------------------------------------------------------------------------

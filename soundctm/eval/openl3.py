@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from soundctm.engine.dsp import mel_filterbank
 from soundctm.errors import InvalidArgumentError
-from soundctm.eval.embedders import load_weight_file
-from soundctm.eval.passt import peak_normalise
+from soundctm.eval.embedders import load_weight_file, peak_normalise
 from soundctm.eval.weights import (
     WeightRecord,
     WeightsFileError,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from soundctm.errors import InvalidArgumentError
-from soundctm.eval.embedders import load_weight_file
+from soundctm.eval.embedders import load_weight_file, peak_normalise
 from soundctm.eval.weights import (
     WeightRecord,
     WeightsFileError,
@@ -356,14 +356,6 @@ def audioldm_window(audio: Tensor, sample_rate: int = SAMPLE_RATE) -> Tensor:
     if x.shape[-1] >= n:
         return x[..., :n]
     return F.pad(x, (0, n - x.shape[-1]))
-
-
-def peak_normalise(audio: Tensor, target_db: float = -1.0) -> Tensor:
-    """``pyloudnorm.normalize.peak``: each clip scaled so that its largest absolute sample is
-    ``10^(target_db / 20)``; silent clips are left silent (pyloudnorm would divide by zero)."""
-    peak = audio.abs().amax(dim=-1, keepdim=True)
-    gain = 10.0 ** (target_db / 20.0) / peak.clamp_min(1e-12)
-    return torch.where(peak > 0, audio * gain, audio)
 
 
 def stable_audio_windows(
