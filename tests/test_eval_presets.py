@@ -1,7 +1,6 @@
 """Both protocol presets end to end on tiny inputs, with stand-in weight files in each published
 format: a random torchvggish ``vggish-*.pth``, a random laion ``630k-audioset-best.pt``, a
-narrow hear21passt PaSST and a narrow torchopenl3 OpenL3 (toy stand-ins are registered under
-those names only when no plugin provides them)."""
+narrow hear21passt PaSST and a narrow torchopenl3 OpenL3, all through the built-in embedders."""
 
 from __future__ import annotations
 
@@ -15,63 +14,6 @@ import torch
 from laion_clap_standin import laion_state, save_laion
 from test_clap import write_tokenizer
 from test_eval import assert_one_line_error, check_report, run, write_wavs
-
-from soundctm import hookimpl
-
-
-class ToyPaSST:
-    """Stand-in for PaSST: 32 kHz, band energies as 10 logits."""
-
-    name = "passt"
-    sample_rate = 32000
-    dim = 10
-    checksum = "toy-passt"
-
-    def __init__(self, **params):  # the presets pass the protocol's settings
-        self.params = params
-
-    def embed(self, audio):
-        spec = torch.fft.rfft(audio, dim=-1).abs() ** 2
-        return torch.log(torch.stack([b.sum(-1) for b in spec.chunk(self.dim, -1)], -1) + 1e-6)
-
-    def logits(self, audio):
-        return self.embed(audio)
-
-
-class ToyOpenL3:
-    """Stand-in for OpenL3: 44.1 kHz, one 6-d vector per 0.5 s hop."""
-
-    name = "openl3"
-    sample_rate = 44100
-    dim = 6
-    checksum = "toy-openl3"
-
-    def __init__(self, **params):
-        self.params = params
-
-    def embed_frames(self, audio):
-        hop = self.sample_rate // 2
-        n = max(1, audio.shape[-1] // hop)
-        out = []
-        for clip in audio:
-            win = clip[: n * hop].reshape(n, hop) if clip.shape[-1] >= hop else clip[None]
-            spec = torch.fft.rfft(win, dim=-1).abs() ** 2
-            out.append(torch.log(torch.stack([b.sum(-1) for b in spec.chunk(self.dim, -1)], -1)))
-        return out
-
-    def embed(self, audio):
-        return torch.stack([f.mean(0) for f in self.embed_frames(audio)])
-
-
-class Toys:
-    def __init__(self, names):
-        self.names = names
-
-    @hookimpl
-    def register_embedders(self, register):
-        targets = {"passt": "test_eval_presets:ToyPaSST", "openl3": "test_eval_presets:ToyOpenL3"}
-        for name in self.names:
-            register(name, targets[name])
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +42,6 @@ def weight_files(tmp_path_factory):
 
 @pytest.fixture
 def presets_ready(weight_files, monkeypatch):
-    from soundctm.plugins.registry import get_registry, register_plugin
-
-    missing = [n for n in ("passt", "openl3") if n not in get_registry().names("embedder")]
-    if missing:
-        register_plugin(Toys(missing), "preset-toys")
     monkeypatch.setenv("SOUNDCTM_VGGISH_WEIGHTS", str(weight_files["vggish"]))
     monkeypatch.setenv("SOUNDCTM_CLAP_WEIGHTS", str(weight_files["clap"]))
     monkeypatch.setenv("SOUNDCTM_CLAP_TOKENIZER", str(weight_files["tokenizer"]))
