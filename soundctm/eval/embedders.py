@@ -161,6 +161,20 @@ def _numpy_safe_globals() -> list[Any]:
     ]
 
 
+def state_mismatch(own: dict[str, Tensor], state: dict[str, Tensor]) -> str | None:
+    """What keeps ``state`` from loading strictly into a module whose state dict is ``own``: the
+    first missing keys, else the first unexpected ones, else the first shape mismatches (for a
+    one-line error); ``None`` when it fits."""
+    missing = sorted(set(own) - set(state))
+    if missing:
+        return f"missing {missing[:3]}"
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        return f"unexpected {unexpected[:3]}"
+    wrong = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    return f"shape mismatch at {wrong[:3]}" if wrong else None
+
+
 def load_weight_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """A flat ``{name: tensor}`` state dict from a ``.safetensors`` file or a torch pickle
     (``.pth``/``.pt``/``.bin``, read with ``torch.load(weights_only=True)``: only tensors,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from soundctm.engine.dsp import mel_filterbank
 from soundctm.errors import InvalidArgumentError
-from soundctm.eval.embedders import load_weight_file, peak_normalise
+from soundctm.eval.embedders import load_weight_file, peak_normalise, state_mismatch
 from soundctm.eval.weights import (
     WeightRecord,
     WeightsFileError,
@@ -204,18 +204,8 @@ class OpenL3(nn.Module):
             ) from exc
         model = cls(widths, init_weights=False)
         net = {k: v for k, v in state.items() if not k.startswith("speclayer.")}
-        own = model.state_dict()
-        missing = sorted(set(own) - set(net))
-        unexpected = sorted(set(net) - set(own))
-        wrong = [k for k in own if k in net and tuple(net[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or wrong:
-            detail = (
-                f"missing {missing[:3]}"
-                if missing
-                else f"unexpected {unexpected[:3]}"
-                if unexpected
-                else f"shape mismatch at {wrong[:3]}"
-            )
+        detail = state_mismatch(model.state_dict(), net)
+        if detail is not None:
             raise WeightsFileError(f"{source} is not an OpenL3 state dict ({detail}); {hint}")
         fixed = {k: (v if k.endswith("num_batches_tracked") else v.float()) for k, v in net.items()}
         model.load_state_dict(fixed, assign=True)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from soundctm.errors import InvalidArgumentError
-from soundctm.eval.embedders import load_weight_file, peak_normalise
+from soundctm.eval.embedders import load_weight_file, peak_normalise, state_mismatch
 from soundctm.eval.weights import (
     WeightRecord,
     WeightsFileError,
@@ -304,18 +304,8 @@ class PaSST(nn.Module):
         proj = state["patch_embed.proj.weight"]
         if proj.dim() == 2:
             state["patch_embed.proj.weight"] = proj.reshape(proj.shape[0], 1, *config["patch"])  # type: ignore[misc]
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or wrong:
-            detail = (
-                f"missing {missing[:3]}"
-                if missing
-                else f"unexpected {unexpected[:3]}"
-                if unexpected
-                else f"shape mismatch at {wrong[:3]}"
-            )
+        detail = state_mismatch(model.state_dict(), state)
+        if detail is not None:
             raise WeightsFileError(
                 f"{source} is not a PaSST state dict ({detail}); pass {WEIGHTS_FILE} of the "
                 "kkoutini/PaSST releases"

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from soundctm.errors import InvalidArgumentError
-from soundctm.eval.embedders import load_weight_file
+from soundctm.eval.embedders import load_weight_file, state_mismatch
 from soundctm.eval.weights import (
     VGGISH,
     VGGISH_PCA,
@@ -158,18 +158,8 @@ class VGGish(nn.Module):
             short = key.removeprefix("pproc.")
             if short in ("pca_eigen_vectors", "pca_matrix", "pca_means"):
                 pca["pca_means" if short == "pca_means" else "pca_eigen_vectors"] = state.pop(key)
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or wrong:
-            detail = (
-                f"missing {missing[:3]}"
-                if missing
-                else f"unexpected {unexpected[:3]}"
-                if unexpected
-                else f"shape mismatch at {wrong[:3]}"
-            )
+        detail = state_mismatch(self.state_dict(), state)
+        if detail is not None:
             raise WeightsFileError(
                 f"{source} is not a torchvggish VGGish state dict ({detail}); pass the "
                 "vggish-10086976.pth file of the torchvggish release"
