@@ -252,3 +252,24 @@ def test_vggish_final_relu_and_pca_postprocessing(vggish_file):
     expected = torch.round((raw.clamp(-2, 2) + 2) * 255 / 4)
     assert torch.equal(q, expected) and q.min() >= 0 and q.max() <= 255
     assert math.isclose(float(q[0, 0]), round((max(-2, min(2, float(raw[0, 0]))) + 2) * 63.75))
+
+
+def test_vggish_settings_that_change_embeddings_get_their_own_cache_folder(vggish_file, tmp_path):
+    """final_relu and postprocessing change the embeddings of the same weights, so a cached
+    embedding made with one setting must never be served to another."""
+    from soundctm.eval.cache import cache_namespace
+
+    path, _ = vggish_file
+    pca = tmp_path / "vggish_pca_params-random.pth"
+    torch.save({"pca_eigen_vectors": torch.eye(128), "pca_means": torch.zeros(128)}, pca)
+    spaces = {
+        cache_namespace(VGGishEmbedder(path)),
+        cache_namespace(VGGishEmbedder(path, final_relu=True)),
+        cache_namespace(VGGishEmbedder(path, postprocess=True, pca=pca)),
+    }
+    assert len(spaces) == 3
+    assert cache_namespace(VGGishEmbedder(path)) == f"vggish-{_sha16(path)}-16000"
+
+
+def _sha16(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -373,6 +373,7 @@ class LaionClapEmbedder(nn.Module):
             )
         self.front = ClapFrontEnd(htk=self.fusion)
         self.peak_normalise = bool(peak_normalise)
+        self.variant = "" if self.peak_normalise else "no-peak"  # its own cache folder
         self.batch_size = max(1, int(batch_size))
         for p in self.parameters():
             p.requires_grad_(False)

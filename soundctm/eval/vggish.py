@@ -297,6 +297,10 @@ class VGGishEmbedder:
             )
         self.model.eval().to(device)
         self.batch_size = int(batch_size)
+        # settings that change the embeddings of the same weights keep their own cache folder
+        # (the PCA file's hash too: postprocessing applies it)
+        flags = ["relu"] * final_relu + [f"pca{self.weights[-1].sha256[:8]}"] * postprocess
+        self.variant = "-".join(flags)
 
     def __repr__(self) -> str:
         return f"VGGishEmbedder({str(self.weights_path)!r}, checksum={self.checksum[:12]}...)"
