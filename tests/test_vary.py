@@ -89,6 +89,22 @@ def test_variations_are_per_sample_and_steps_and_teacher_work():
     assert sims[0] > sims[1]
 
 
+def test_an_input_longer_than_the_clip_is_cut_with_a_warning():
+    from soundctm.events import Message
+
+    pipe = build_toy("ctm")
+    events: list = []
+    longest = pipe.card.max_seconds
+    long_input = chirp(longest + 0.5)
+    out = pipe.vary(long_input, RATE, ["a"], seeds=[1], strength=0.5, callback=events.append)
+    warned = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
+    assert out.params[0].seconds == pytest.approx(longest)
+    assert len(warned) == 1 and f"at most {longest:g} s" in warned[0]
+    events.clear()
+    pipe.vary(chirp(0.25), RATE, ["a"], seeds=[1], strength=0.5, callback=events.append)
+    assert not [e for e in events if isinstance(e, Message)]  # a short input: nothing to say
+
+
 @pytest.mark.parametrize("kind", ["ctm", "teacher"])
 def test_inpainting_keeps_the_rest_and_changes_the_span(kind):
     pipe = build_toy(kind)

@@ -51,7 +51,7 @@ from soundctm.engine.variation import (
     time_axis,
 )
 from soundctm.errors import InvalidArgumentError
-from soundctm.events import BatchFinished, Callback, GenerationStarted, emit
+from soundctm.events import BatchFinished, Callback, GenerationStarted, Message, emit
 
 if TYPE_CHECKING:
     from soundctm.engine.checkpoint import ModelCard
@@ -175,6 +175,7 @@ class Sampler:
         strength: float,
         mask: Sequence[tuple[float, float]],
         arguments: SamplingArguments,
+        callback: Callback | None = None,
     ) -> tuple[Source, SamplingArguments]:
         """The :class:`~soundctm.engine.variation.Source` of a variation of ``audio`` (method.md
         §8) for ``count`` samples, and the arguments with the clip length filled in (the
@@ -200,6 +201,20 @@ class Sampler:
             seconds = min(clip.shape[-1] / rate, self.card.max_seconds)
             arguments = {**arguments, "seconds": seconds}
         plan = self.resolve(**arguments)
+        if clip.shape[-1] > clip_samples(plan.seconds, rate):  # say so: nothing cut silently
+            emit(
+                callback,
+                Message(
+                    f"the input is {clip.shape[-1] / rate:.2f} s long; only its first "
+                    f"{plan.seconds:g} s are varied ("
+                    + (
+                        f"this model makes at most {self.card.max_seconds:g} s)"
+                        if plan.seconds >= self.card.max_seconds
+                        else "the clip length asked for)"
+                    ),
+                    level="warning",
+                ),
+            )
         clip = crop_or_pad(clip, clip_samples(plan.seconds, rate))
         shape = self.latent_shape(plan.seconds)
         with torch.inference_mode():
@@ -515,7 +530,7 @@ class SamplingAPI:
         if negative_prompt is not None:
             arguments["negative_prompt"] = negative_prompt
         source, arguments = self.sampler.variation_source(
-            audio, sample_rate, len(checked), strength, list(mask), arguments
+            audio, sample_rate, len(checked), strength, list(mask), arguments, callback
         )
         return self.sampler.generate_batches(
             prompts, seeds, batch_size, callback, arguments, source=source
