@@ -237,6 +237,7 @@ def test_real_weights():
     assert np.abs(sd["speclayer.dft_imag_kernels"].numpy() - im).max() < 1e-5
     e = OpenL3Embedder(REAL)
     assert e.dim == 512
+    assert e.weights[0].status == "git-verified"  # the pinned Git object id is the real file's
     t = torch.arange(3 * SR) / SR
     tone = 0.5 * torch.sin(2 * torch.pi * 440 * t)[None]
     noise = 0.3 * torch.randn(1, 3 * SR, generator=torch.Generator().manual_seed(0))

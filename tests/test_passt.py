@@ -140,7 +140,8 @@ def test_network_matches_reference_forward(passt_file):
     e = PaSSTEmbedder(passt_file)
     assert (e.dim, e.num_classes, len(e.model.blocks)) == (32, 10, 2)  # sizes read from keys
     assert e.checksum == hashlib.sha256(passt_file.read_bytes()).hexdigest()
-    assert e.weights[0].status == "unpinned" and e.weights[0].file == PASST.filename
+    # a stand-in is not the published file: used as given, reported as differing
+    assert e.weights[0].status == "differs" and e.weights[0].file == PASST.filename
     audio = torch.randn(2, 3 * SR, generator=torch.Generator().manual_seed(1)) * 0.1
     mel = PaSSTMel()(audioldm_window(audio))[:, None]
     ref_logits, ref_feats = reference_forward(sd, mel, heads=1)  # dim // 64, at least 1
@@ -254,6 +255,8 @@ REAL = os.environ.get("TEST_PASST_WEIGHTS", "")
 def test_real_weights():
     e = PaSSTEmbedder(REAL)
     assert (e.dim, e.num_classes, len(e.model.blocks)) == (768, 527, 12)
+    assert e.weights[0].status == "verified"  # the pinned SHA-256 is the real file's
+    assert Path(REAL).stat().st_size == PASST.size
     t = torch.arange(10 * SR) / SR
     tone = 0.5 * torch.sin(2 * torch.pi * 440 * t)[None]
     noise = 0.3 * torch.randn(1, 10 * SR, generator=torch.Generator().manual_seed(0))

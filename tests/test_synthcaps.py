@@ -281,9 +281,7 @@ def test_dataset_builds_from_a_module_attr_target():
     class Plugin:
         @hookimpl
         def register_datasets(self, register):
-            register(
-                "synthcaps-copy", "soundctm.builtin.synthcaps.dataset:SynthCapsDataset"
-            )
+            register("synthcaps-copy", "soundctm.builtin.synthcaps.dataset:SynthCapsDataset")
 
     register_plugin(Plugin(), name="synthcaps-copy-plugin")
     data = get_registry().build("dataset", "synthcaps-copy", split="test", size=2)

@@ -4,6 +4,8 @@ one-line errors. Nothing is downloaded from the network: sources are local file:
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
 from dataclasses import replace
 
 import pytest
@@ -16,6 +18,7 @@ from soundctm.eval.weights import (
     WeightSpec,
     cache_dir,
     fetch_weights,
+    git_blob_of,
     parse_hf_source,
     record,
 )
@@ -51,7 +54,8 @@ def test_hf_sources_and_urls():
     assert (
         CLAP.url == "https://huggingface.co/lukewys/laion_clap/resolve/main/630k-audioset-best.pt"
     )
-    assert CLAP.pinned and not VGGISH.pinned  # torch.hub names pin an 8-digit prefix
+    assert CLAP.pinned and VGGISH.pinned
+    assert VGGISH.sha256.startswith("10086976")  # torch.hub's name carries the first 8 digits
     with pytest.raises(ValueError):
         parse_hf_source("hf://only-owner")
 
@@ -165,3 +169,34 @@ def test_paths_given_with_the_flag_come_before_the_variable(tmp_path, monkeypatc
         assert fetch_weights(spec) == b
         assert fetch_weights(spec, a) == a  # an argument still wins
     assert fetch_weights(spec) == a
+
+
+def _git_hash_object(path) -> str:
+    """The id git itself gives the file (the independent reference for git_blob_of)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    out = subprocess.run(["git", "hash-object", "--no-filters", str(path)], capture_output=True)
+    return out.stdout.decode().strip()
+
+
+def test_git_object_id_pins_a_file_without_a_published_sha256(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOUNDCTM_OFFLINE")
+    src = tmp_path / "release" / "model-1234.pt"
+    spec = spec_for(tmp_path)
+    blob = _git_hash_object(src)
+    assert git_blob_of(src) == blob and len(blob) == 40
+    pinned = replace(spec, sha256="", git_blob=blob)
+    path = fetch_weights(pinned)  # downloaded, checked by the Git id, kept
+    rec = record(pinned, path)
+    assert rec.status == "git-verified" and rec.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
+    # a different file under the same name: refused in the cache, with the ids in one line
+    path.write_bytes(PAYLOAD + b"!")
+    with pytest.raises(WeightsFileError) as info:
+        fetch_weights(pinned)
+    msg = str(info.value)
+    assert "\n" not in msg and blob in msg and git_blob_of(path) in msg and "Git object id" in msg
+    # and refused on download, leaving nothing behind
+    path.unlink()
+    with pytest.raises(WeightsFileError):
+        fetch_weights(replace(pinned, git_blob="0" * 40))
+    assert list(cache_dir().iterdir()) == []

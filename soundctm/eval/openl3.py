@@ -46,12 +46,21 @@ CONTENT_TYPES = ("env", "music")
 FRONTENDS = ("openl3-0.4", "torchopenl3")
 
 
+#: The Git object ids of the two files in github.com/torchopenl3/torchopenl3-models (master): no
+#: SHA-256 is published, but the repository's tree pins each file's content by this id.
+GIT_BLOBS = {
+    "env": "a37a08222ebf9d8a88a84beeae76ad909dac0bc6",
+    "music": "54df87b6bfe9747d001991da436b3d1ac768b2a6",
+}
+
+
 def _spec(content_type: str) -> WeightSpec:
     filename = f"torchopenl3_mel256_{content_type}_512.pth.tar"
     return WeightSpec(
         name=f"torchopenl3-mel256-{content_type}-512",
         filename=filename,
-        sha256="",  # no published hash found: unpinned, reports name the hash of the file used
+        sha256="",  # none published: the Git object id pins the file, reports add its SHA-256
+        git_blob=GIT_BLOBS[content_type],
         size=None,
         size_hint="about 37 MB",
         source=f"https://github.com/torchopenl3/torchopenl3-models/raw/master/{filename}",

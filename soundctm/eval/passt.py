@@ -53,14 +53,15 @@ PROTOCOLS = ("audioldm", "stable-audio")
 COLLECTS = ("mean", "max")
 
 WEIGHTS_FILE = "passt-s-f128-p16-s10-ap.476-swa.pt"
-#: hear21passt's ``passt_s_swa_p16_128_ap476`` weights. No published SHA-256 was found (the
-#: release page lists none): unpinned, the report names the hash of the file used.
+#: hear21passt's ``passt_s_swa_p16_128_ap476`` weights. The release page lists no hash; the
+#: SHA-256 and size are the ones several independent projects pin for this release asset (they
+#: agree with each other); a download that differs is refused.
 PASST = WeightSpec(
     name="passt-s-swa-p16-128-ap476",
     filename=WEIGHTS_FILE,
-    sha256="",
-    size=None,
-    size_hint="about 350 MB",
+    sha256="302903fa8c4aee817b11dc982da0b29aaf8d11a3e722420476d0a12c9db70c2c",
+    size=344_665_734,
+    size_hint="345 MB",
     source=f"https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/{WEIGHTS_FILE}",
     env="SOUNDCTM_PASST_WEIGHTS",
     description="PaSST-S AudioSet classifier, mAP .476, SWA (kkoutini/PaSST release v0.0.1)",

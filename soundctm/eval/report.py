@@ -86,6 +86,7 @@ def _metric_title(name: str, results: dict[str, Any]) -> str:
 STATUS_WORDS = {
     "verified": "the published file",
     "prefix-verified": "matches the published hash prefix",
+    "git-verified": "the published file (by its Git object id)",
     "unpinned": "no published hash to compare with",
     "differs": "NOT the published file",
 }

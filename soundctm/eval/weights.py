@@ -18,8 +18,11 @@ SHA-256 rules: a downloaded or cached file must match the pinned hash (a mismatc
 names (path or environment variable) may differ: users hold other variants (a fine-tuned CLAP,
 a re-saved file); it is used, a warning says so, and the report names its real hash. A spec's
 ``sha256`` may be the full 64 hex digits (pinned), a shorter hex prefix (torch.hub's convention:
-``vggish-10086976.pth`` is pinned by the first 8 digits of its SHA-256), or ``""`` (unpinned: no
-published hash was found; the actual hash is reported with every result).
+``vggish-10086976.pth`` is pinned by the first 8 digits of its SHA-256), or ``""``. A spec with no
+published SHA-256 may instead pin the file's Git object id (``git_blob``: the SHA-1 of ``"blob
+<size>\0"`` + the bytes, which the source's Git repository publishes for every file it serves:
+torchopenl3's weights); a spec with neither is unpinned, and the actual hash is reported with
+every result.
 
 Every file used is recorded as a :class:`WeightRecord` (file, SHA-256, how it was checked), which
 embedders expose as ``weights`` and reports print.
@@ -58,7 +61,7 @@ DEFAULT_CACHE_ROOT = Path("~/.cache/soundctm")
 #: Set to 1 to forbid downloads (``HF_HUB_OFFLINE=1`` does the same).
 OFFLINE_ENV = "SOUNDCTM_OFFLINE"
 HF_PREFIX = "hf://"
-Status = Literal["verified", "prefix-verified", "unpinned", "differs"]
+Status = Literal["verified", "prefix-verified", "git-verified", "unpinned", "differs"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ class WeightSpec:
     when known exactly, else None; ``size_hint``: its size in words for messages (``"1.86 GB"``);
     ``source``: ``hf://OWNER/REPO@REVISION/PATH`` (a Hugging Face file; ``@REVISION`` optional) or
     an ``https://`` (or ``file://``) URL; ``env``: the environment variable naming a local copy;
-    ``description``: what it is, for messages and docs.
+    ``description``: what it is, for messages and docs; ``git_blob``: the 40-hex Git object id
+    of the file in the source's Git repository, checked when ``sha256`` is empty (the SHA-256 is
+    then reported, not compared).
     """
 
     name: str
@@ -82,6 +87,7 @@ class WeightSpec:
     env: str
     description: str
     size_hint: str = ""
+    git_blob: str = ""
 
     @property
     def pinned(self) -> bool:
@@ -107,8 +113,9 @@ class WeightSpec:
 
 @dataclass(frozen=True)
 class WeightRecord:
-    """A weight file a run used: its name, path, SHA-256 and how that hash compared with the
-    published one (``verified``, ``prefix-verified``, ``unpinned``, ``differs``)."""
+    """A weight file a run used: its name, path, SHA-256 and how the file compared with the
+    published hash (``verified``, ``prefix-verified``, ``git-verified``, ``unpinned``,
+    ``differs``)."""
 
     name: str
     file: str
@@ -210,10 +217,30 @@ def sha256_of(path: Path) -> str:
     return _HASHES[key]
 
 
-def hash_status(spec: WeightSpec, actual: str) -> Status:
-    """How ``actual`` compares with the spec's published hash."""
+_BLOBS: dict[tuple[str, int, int], str] = {}
+
+
+def git_blob_of(path: Path) -> str:
+    """The Git object id of ``path`` as a blob: SHA-1 of ``b"blob <size>\\0"`` followed by the
+    bytes (what ``git hash-object`` prints), remembered like :func:`sha256_of`."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _BLOBS:
+        digest = hashlib.sha1(f"blob {st.st_size}\0".encode(), usedforsecurity=False)
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        _BLOBS[key] = digest.hexdigest()
+    return _BLOBS[key]
+
+
+def hash_status(spec: WeightSpec, actual: str, path: Path | None = None) -> Status:
+    """How the file (SHA-256 ``actual``, at ``path``) compares with the spec's published hash:
+    its SHA-256 (full or prefix), else its Git object id (needs ``path``)."""
     expected = spec.sha256.lower()
     if not expected:
+        if spec.git_blob and path is not None:
+            return "git-verified" if git_blob_of(path) == spec.git_blob.lower() else "differs"
         return "unpinned"
     if spec.pinned:
         return "verified" if actual == expected else "differs"
@@ -221,9 +248,13 @@ def hash_status(spec: WeightSpec, actual: str) -> Status:
 
 
 def _mismatch(spec: WeightSpec, path: Path | str, actual: str, what: str) -> WeightsFileError:
-    expected = spec.sha256 + ("..." if not spec.pinned else "")
+    if spec.sha256:
+        expected = spec.sha256 + ("..." if not spec.pinned else "")
+        found = f"SHA-256 {actual}, expected {expected}"
+    else:
+        found = f"Git object id {actual}, expected {spec.git_blob}"
     return WeightsFileError(
-        f"{what} {path} has SHA-256 {actual}, expected {expected} ({spec.filename}); "
+        f"{what} {path} has {found} ({spec.filename}); "
         f"delete it and run again to download it afresh, or set {spec.env} to a good copy"
     )
 
@@ -231,7 +262,8 @@ def _mismatch(spec: WeightSpec, path: Path | str, actual: str, what: str) -> Wei
 def record(spec: WeightSpec, path: Path) -> WeightRecord:
     """The :class:`WeightRecord` of ``path`` as the file of ``spec`` (hashes it)."""
     actual = sha256_of(path)
-    return WeightRecord(spec.name, spec.filename, str(path), actual, hash_status(spec, actual))
+    status = hash_status(spec, actual, path)
+    return WeightRecord(spec.name, spec.filename, str(path), actual, status)
 
 
 # -- finding and downloading --------------------------------------------------------------------
@@ -254,7 +286,8 @@ def _user_file(spec: WeightSpec, chosen: str, origin: str, callback: Callback | 
             callback,
             Message(
                 f"{p} ({origin}) is not the published {spec.filename}: SHA-256 {rec.sha256}, "
-                f"published {spec.sha256}; using it anyway (the report names its hash)",
+                f"published {spec.sha256 or 'Git object id ' + spec.git_blob}; using it anyway "
+                "(the report names its hash)",
                 level="warning",
             ),
         )
@@ -292,7 +325,9 @@ def fetch_weights(
     if cached.is_file():
         rec = record(spec, cached)
         if rec.status == "differs":
-            raise _mismatch(spec, cached, rec.sha256, "cached weight file")
+            raise _mismatch(
+                spec, cached, _published_form(spec, cached, rec.sha256), "cached weight file"
+            )
         return cached
     if not download or offline():
         why = "downloads are off" if download else "download=False"
@@ -343,8 +378,10 @@ def _download(
                 f"download of {spec.filename} from {url} gave {done} bytes, expected "
                 f"{spec.size}; run again, or {_hint(spec)}"
             )
-        if hash_status(spec, actual) == "differs":
-            raise _mismatch(spec, url, actual, "the file downloaded from")
+        if hash_status(spec, actual, tmp) == "differs":
+            raise _mismatch(
+                spec, url, _published_form(spec, tmp, actual), "the file downloaded from"
+            )
         os.replace(tmp, final)
     except (urllib.error.URLError, OSError, ValueError, TimeoutError) as exc:
         raise WeightsNotFoundError(
@@ -356,6 +393,11 @@ def _download(
             tmp.unlink()
     _HASHES[(str(final.resolve()), final.stat().st_size, final.stat().st_mtime_ns)] = actual
     return final
+
+
+def _published_form(spec: WeightSpec, path: Path, sha256: str) -> str:
+    """The file's hash in the form the spec pins (its SHA-256, or its Git object id)."""
+    return sha256 if spec.sha256 or not spec.git_blob else git_blob_of(path)
 
 
 @contextlib.contextmanager
@@ -375,11 +417,14 @@ def _length(response: Any) -> int | None:
 # -- the published files ------------------------------------------------------------------------
 
 #: torchvggish's port of AudioSet VGGish (the 16 kHz FAD of AudioLDM / SoundCTM). torch.hub
-#: names files ``NAME-<first 8 hex digits of the SHA-256>.pth``: that prefix is the pin.
+#: names files ``NAME-<first 8 hex digits of the SHA-256>.pth``; the pin is the full hash, which
+#: starts with those digits.
 VGGISH = WeightSpec(
     name="vggish",
     filename="vggish-10086976.pth",
-    sha256="10086976",
+    # torch.hub names the file by the first 8 digits of its SHA-256; the full hash is the one
+    # independent projects pin for this release asset (it starts with those 8 digits).
+    sha256="10086976245803799d9194e9a73d9b6c1549c71d1b80106f5cade5608a561f4b",
     size=None,
     size_hint="about 290 MB",
     source="https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
@@ -442,6 +487,7 @@ __all__ = [
     "WeightsNotFoundError",
     "cache_dir",
     "fetch_weights",
+    "git_blob_of",
     "hash_status",
     "offline",
     "parse_hf_source",
