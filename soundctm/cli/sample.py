@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Annotated
 import typer
 
 from soundctm.cli.common import console, err_console
-from soundctm.cli.models import load_model, resolve_model_source
+from soundctm.cli.models import resolve_model_source
 from soundctm.cli.options import (
     BatchSize,
     Device,
@@ -148,7 +146,7 @@ def sample(
             )
         model_dir = model_dir / "teacher"
 
-    from soundctm.engine.audio_io import free_stem, save_sample, slug
+    from soundctm.engine.audio_io import slug
     from soundctm.engine.checkpoint import card_sha256, read_card
 
     card = read_card(model_dir)  # cheap checks against the card before the weights load
@@ -157,20 +155,13 @@ def sample(
             f"seconds must be in (0, {card.max_seconds:g}] for this model, got "
             f"{settings.seconds:g} (the longest clip it makes)"
         )
+    from soundctm.cli.progress import GenerationProgress
+    from soundctm.cli.writing import expand_seeds, load_with_spinner, write_batches
     from soundctm.engine.files import ensure_writable_dir
 
-    status = err_console.status("loading model", spinner="dots")
-    with status if err_console.is_terminal else contextlib.nullcontext():
-        pipe = load_model(model_dir, settings.device, settings.dtype)
+    pipe = load_with_spinner(model_dir, settings.device, settings.dtype)
     out_dir = ensure_writable_dir(settings.out)
-    card_hash = card_sha256(model_dir)
-    expanded = [p for p in all_prompts for _ in range(settings.num_samples)]
-    base = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-    seeds = [base + i for i in range(len(expanded))]
-
-    from soundctm.cli.progress import GenerationProgress
-
-    written: list[Path] = []
+    expanded, seeds = expand_seeds(all_prompts, settings.num_samples, settings.seed)
     started = time.perf_counter()
     with GenerationProgress(err_console) as bar:
         batches = pipe.generate_batches(
@@ -186,23 +177,17 @@ def sample(
             batch_size=settings.batch_size,
             callback=bar,
         )
-        for gen in batches:
-            for audio, prm in zip(gen.audio, gen.params, strict=True):
-                path = free_stem(out_dir, f"{slug(prm.prompt)}-{prm.seed}", settings.format)
-                written.append(
-                    save_sample(
-                        path,
-                        audio,
-                        prm,
-                        sample_rate=gen.sample_rate,
-                        model_path=model_dir,
-                        model_card_sha256=card_hash,
-                        extra={"model_hub": hub} if hub else None,
-                        normalize=settings.normalize,
-                        callback=bar,
-                    )
-                )
-                bar.log(f"wrote {path}")
+        written, prm = write_batches(
+            batches,
+            out_dir,
+            lambda prm: f"{slug(prm.prompt)}-{prm.seed}",
+            model_dir=model_dir,
+            card_hash=card_sha256(model_dir),
+            extra={"model_hub": hub} if hub else None,
+            normalize=settings.normalize,
+            audio_format=settings.format,
+            bar=bar,
+        )
     elapsed = time.perf_counter() - started
     console.print(
         f"{len(written)} sample(s), {prm.steps} step(s), gamma {prm.gamma:g}, "

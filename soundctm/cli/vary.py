@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -153,26 +151,19 @@ def vary(
     if chosen is None:
         chosen = DEFAULT_MASK_STRENGTH if spans else DEFAULT_STRENGTH
 
-    from soundctm.cli.models import load_model, resolve_model_source
-    from soundctm.engine.audio_io import variation_record
+    from soundctm.cli.models import resolve_model_source
+    from soundctm.cli.progress import GenerationProgress
+    from soundctm.cli.writing import expand_seeds, load_with_spinner, write_batches
+    from soundctm.engine.audio_io import slug, variation_record
     from soundctm.engine.checkpoint import card_sha256, read_card
+    from soundctm.engine.files import ensure_writable_dir
 
     model_dir, hub = resolve_model_source(settings.model)
     card = read_card(model_dir)
     audio = read_input(input_file, card.sample_rate)
     record = variation_record(input_file, chosen, spans)
-    status = err_console.status("loading model", spinner="dots")
-    with status if err_console.is_terminal else contextlib.nullcontext():
-        pipe = load_model(model_dir, settings.device, settings.dtype)
-    expanded = [p for p in all_prompts for _ in range(settings.num_samples)]
-    base = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-    seeds = [base + i for i in range(len(expanded))]
-
-    from soundctm.cli.progress import GenerationProgress
-    from soundctm.engine.audio_io import free_stem, save_sample, slug
-    from soundctm.engine.files import ensure_writable_dir
-
-    written: list[Path] = []
+    pipe = load_with_spinner(model_dir, settings.device, settings.dtype)
+    expanded, seeds = expand_seeds(all_prompts, settings.num_samples, settings.seed)
     started = time.perf_counter()
     with GenerationProgress(err_console) as bar:
         batches = pipe.vary_batches(
@@ -193,26 +184,17 @@ def vary(
             callback=bar,
         )  # everything is checked (and the input encoded) before anything is written
         out_dir = ensure_writable_dir(settings.out)
-        card_hash = card_sha256(model_dir)
-        extra = {**record, **({"model_hub": hub} if hub else {})}
-        for gen in batches:
-            for clip, prm in zip(gen.audio, gen.params, strict=True):
-                stem = f"{slug(input_file.stem, 20)}.vary-{slug(prm.prompt)}-{prm.seed}"
-                path = free_stem(out_dir, stem, settings.format)
-                written.append(
-                    save_sample(
-                        path,
-                        clip,
-                        prm,
-                        sample_rate=gen.sample_rate,
-                        model_path=model_dir,
-                        model_card_sha256=card_hash,
-                        extra=extra,
-                        normalize=settings.normalize,
-                        callback=bar,
-                    )
-                )
-                bar.log(f"wrote {path}")
+        written, prm = write_batches(
+            batches,
+            out_dir,
+            lambda prm: f"{slug(input_file.stem, 20)}.vary-{slug(prm.prompt)}-{prm.seed}",
+            model_dir=model_dir,
+            card_hash=card_sha256(model_dir),
+            extra={**record, **({"model_hub": hub} if hub else {})},
+            normalize=settings.normalize,
+            audio_format=settings.format,
+            bar=bar,
+        )
     console.print(
         f"{len(written)} variation(s) of {input_file.name}, strength {chosen:g}"
         + (f", {len(spans)} masked span(s)" if spans else "")
