@@ -41,41 +41,9 @@ def minilm():
 @pytest.fixture(scope="module")
 def t5_dir(tmp_path_factory):
     """A tiny random T5 encoder and a small Unigram tokenizer (</s> appended), saved offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    from tiny_export import tiny_t5
 
-    raw = Tokenizer(models.Unigram())
-    raw.pre_tokenizer = pre_tokenizers.Metaspace()
-    raw.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=64, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    raw.train_from_iterator(CAPTIONS * 3, trainer=trainer)
-    eos = raw.token_to_id("</s>")
-    raw.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
-    )
-    tokenizer = T5TokenizerFast(
-        tokenizer_object=raw, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
-    )
-    config = T5Config(
-        vocab_size=raw.get_vocab_size(),
-        d_model=16,
-        d_kv=4,
-        d_ff=32,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        pad_token_id=0,
-        eos_token_id=eos,
-        decoder_start_token_id=0,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-t5")
-    tokenizer.save_pretrained(path)
-    T5EncoderModel(config).save_pretrained(path)
-    return path
+    return tiny_t5(tmp_path_factory.mktemp("tiny-t5"), CAPTIONS)
 
 
 @pytest.fixture(scope="module")

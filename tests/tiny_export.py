@@ -21,8 +21,9 @@ MEL = {
 }
 
 
-def tiny_t5(path: Path) -> Path:
-    """A tiny random T5 encoder and a small Unigram tokenizer, saved offline."""
+def tiny_t5(path: Path, corpus: list[str] | None = None) -> Path:
+    """A tiny random T5 encoder and a small Unigram tokenizer (trained on ``corpus``, by default
+    the export prompts; ``</s>`` appended), saved offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
@@ -32,7 +33,9 @@ def tiny_t5(path: Path) -> Path:
     trainer = trainers.UnigramTrainer(
         vocab_size=64, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
     )
-    raw.train_from_iterator([*PROMPTS, "footsteps on gravel", "birds sing"] * 3, trainer=trainer)
+    if corpus is None:
+        corpus = [*PROMPTS, "footsteps on gravel", "birds sing"]
+    raw.train_from_iterator(corpus * 3, trainer=trainer)
     eos = raw.token_to_id("</s>")
     raw.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
