@@ -1,13 +1,14 @@
 """Embedding time of the published-model evaluators on this CPU: 100 ten-second clips through
-PaSST (logits, the KL / IS input) and OpenL3 (per-frame embeddings, the FD input), then the same
-clips again through the evaluation context's embedding cache (a re-run).
+PaSST (logits, the KL / IS input), OpenL3 and VGGish (per-frame embeddings, the FD input), then
+the same clips again through the evaluation context's embedding cache (a re-run). CLAP's is in
+test_bench_eval_clap.py.
 
 Run: python -m pytest tests/benchmarks/test_bench_eval_embedders.py --benchmark-only -s
 (``BENCH_EMBED_CLIPS`` sets the clip count, default 100; not a SOUNDCTM_ variable: the test
 session clears those). The networks have their real sizes
-(PaSST-S: 86 M parameters, OpenL3 mel256: 4.7 M) with random weights saved in the released
-formats, so the timings are those of the real files. The clips are at the protocol rates
-(32 kHz for PaSST, 48 kHz for OpenL3): resampling is not included.
+(PaSST-S: 86 M parameters, OpenL3 mel256: 4.7 M, VGGish: 72 M) with random weights saved in
+the released formats, so the timings are those of the real files. The clips are at the protocol
+rates (32 kHz for PaSST, 48 kHz for OpenL3, 16 kHz for VGGish): resampling is not included.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from soundctm.eval.context import EvalContext
 from soundctm.eval.evalset import EvalItem, EvalSet
 from soundctm.eval.openl3 import OpenL3, OpenL3Embedder
 from soundctm.eval.passt import PaSST, PaSSTEmbedder
+from soundctm.eval.vggish import VGGish, VGGishEmbedder
 
 CLIPS = int(os.environ.get("BENCH_EMBED_CLIPS", "100"))
 SECONDS = 10.0
@@ -53,6 +55,14 @@ def openl3(tmp_path_factory):
     path = tmp_path_factory.mktemp("openl3") / "torchopenl3_mel256_env_512.pth.tar"
     torch.save(OpenL3().state_dict(), path)
     return OpenL3Embedder(path)
+
+
+@pytest.fixture(scope="module")
+def vggish(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vggish") / "vggish-10086976.pth"
+    torch.save(VGGish().state_dict(), path)
+    return VGGishEmbedder(path)
 
 
 def _time(benchmark, embedder, kind, rate, tmp_path):
@@ -106,3 +116,8 @@ def test_passt_logits_100_clips(benchmark, passt, tmp_path):
 def test_openl3_frames_100_clips(benchmark, openl3, tmp_path):
     out = _time(benchmark, openl3, "frames", 48000, tmp_path)
     assert out.shape == (CLIPS * 20, 512)  # 10 s, centred, hop 0.5 s: 20 frames per clip
+
+
+def test_vggish_frames_100_clips(benchmark, vggish, tmp_path):
+    out = _time(benchmark, vggish, "frames", 16000, tmp_path)
+    assert out.shape == (CLIPS * 10, 128)  # 10 s: ten 0.96 s examples per clip
