@@ -18,7 +18,13 @@ from typer.testing import CliRunner
 from soundctm.cli.app import build_app
 from soundctm.engine import schedule
 from soundctm.engine.audio import resample_soxr
-from soundctm.engine.variation import keep_mask, latent_similarity, span_frames, strength_sigma
+from soundctm.engine.variation import (
+    feather,
+    keep_mask,
+    latent_similarity,
+    span_frames,
+    strength_sigma,
+)
 from soundctm.errors import InvalidArgumentError
 
 RATE = 8000  # the toy autoencoder's
@@ -50,8 +56,18 @@ def test_strength_is_a_position_on_the_karras_ramp():
 def test_mask_spans_to_frames():
     assert span_frames(0.1, 0.2, 1.0, 100) == (10, 20)
     assert span_frames(0.105, 0.2, 1.0, 100) == (10, 20)  # a touched frame is regenerated
-    keep = keep_mask([(0.0, 0.25), (0.75, 1.0)], 1.0, (2, 8), axis=1)
+    keep = keep_mask([(0.0, 0.25), (0.75, 1.0)], 1.0, (2, 8), axis=1, feather_seconds=0)
     assert keep.tolist() == [[0, 0, 1, 1, 1, 1, 0, 0]] * 2
+    # feathered (V4): ramps inside the spans only, kept frames exactly 1, at least one frame of
+    # every span fully regenerated
+    keep = keep_mask([(0.0, 0.3), (0.4, 0.9)], 1.0, (1, 20), axis=1, feather_seconds=0.1)
+    row = keep[0].tolist()
+    assert row[6:8] == [1.0, 1.0] and row[18:] == [1.0, 1.0]
+    assert row[:6] == pytest.approx([0, 0, 0, 0, 1 / 3, 2 / 3])  # clip start: one edge
+    assert row[8:18] == pytest.approx([2 / 3, 1 / 3, 0, 0, 0, 0, 0, 0, 1 / 3, 2 / 3])
+    # short spans keep a fully regenerated middle
+    assert feather(torch.tensor([1.0, 0, 0, 1]), 3).tolist() == [1, 0, 0, 1]
+    assert feather(torch.tensor([1.0, 0, 0, 0, 1]), 3).tolist() == [1, 0.5, 0, 0.5, 1]
     for spans, text in [([(0.5, 1.5)], "reaches past the end"), ([(0.6, 0.4)], "not a span")]:
         with pytest.raises(InvalidArgumentError, match=text):
             keep_mask(spans, 1.0, (2, 8), axis=1)

@@ -3,7 +3,8 @@
 - :func:`strength_sigma`: a strength ``S`` in [0, 1] is a position on the model's Karras ramp,
   ``sigma(S) = (sigma_min^(1/rho) + S (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``.
 - :func:`time_axis` / :func:`keep_mask`: the latent frames a list of ``(start, end)`` seconds
-  spans cover, as a mask that is 1 where the input is kept.
+  spans cover, as a mask that is 1 where the input is kept, ramping down over the first and
+  last frames inside each span (:func:`feather`).
 - :class:`Inpainting`: a guided model whose clean estimate is replaced by the input latent in
   the kept region at every evaluation, so the state there stays ``x_0 + sigma eps``.
 """
@@ -88,16 +89,57 @@ def check_spans(spans: Sequence[tuple[float, float]], seconds: float) -> list[tu
     return out
 
 
+#: How far into a regenerated span the kept input still shows, fading out (method.md §8, V4).
+MASK_FEATHER_SECONDS = 0.1
+
+
+def feather(keep: Tensor, frames: int) -> Tensor:
+    """A 1-D keep mask (1 kept, 0 regenerated) with a linear ramp inside each regenerated run
+    (method.md §8, eq. V4): the ``j``-th frame (1-based) from a kept neighbour gets
+    ``1 - j / (n + 1)``, ``n = min(frames, (L - 1) // 2)`` for a run of ``L`` frames between
+    two kept regions (``L - 1`` at the clip's edge). Kept frames stay exactly 1; ``frames = 0``
+    returns the mask unchanged."""
+    out = keep.clone()
+    if frames <= 0:
+        return out
+    size = keep.numel()
+    i = 0
+    while i < size:
+        if keep[i] != 0:
+            i += 1
+            continue
+        end = i
+        while end < size and keep[end] == 0:
+            end += 1
+        left, right = i > 0, end < size
+        length = end - i
+        n = min(frames, (length - 1) // 2 if left and right else length - 1)
+        for j in range(1, n + 1):
+            value = 1.0 - j / (n + 1)
+            if left:
+                out[i + j - 1] = max(float(out[i + j - 1]), value)
+            if right:
+                out[end - j] = max(float(out[end - j]), value)
+        i = end
+    return out
+
+
 def keep_mask(
-    spans: Sequence[tuple[float, float]], seconds: float, shape: Sequence[int], axis: int
+    spans: Sequence[tuple[float, float]],
+    seconds: float,
+    shape: Sequence[int],
+    axis: int,
+    feather_seconds: float = MASK_FEATHER_SECONDS,
 ) -> Tensor:
-    """A float mask of the per-sample latent ``shape``: 0 on the frames the ``spans`` (seconds)
-    cover (regenerated), 1 elsewhere (kept from the input)."""
+    """A float mask of the per-sample latent ``shape``: 1 on the frames kept from the input, 0
+    on the frames the ``spans`` (seconds) cover (regenerated), with a ramp over the first and
+    last ``feather_seconds`` inside each span (:func:`feather`; 0 for hard edges)."""
     frames = int(shape[axis])
     keep = torch.ones(frames)
     for start, end in check_spans(spans, seconds):
         first, last = span_frames(start, end, seconds, frames)
         keep[first:last] = 0.0
+    keep = feather(keep, round(feather_seconds * frames / seconds))
     view = [1] * len(shape)
     view[axis] = frames
     return keep.reshape(view).expand(tuple(shape)).contiguous()
@@ -167,10 +209,12 @@ def latent_similarity(a: Tensor, b: Tensor) -> Tensor:
 
 
 __all__ = [
+    "MASK_FEATHER_SECONDS",
     "Inpainting",
     "Source",
     "check_spans",
     "check_strength",
+    "feather",
     "fit_frames",
     "keep_mask",
     "latent_similarity",
