@@ -1,21 +1,23 @@
 """Markdown tables of the model card from the `soundctm eval` reports in this folder.
 
-Run from the repository root: ``python docs/default-model/tables.py`` (reads
-docs/default-model/eval-teacher/results.json and eval-student/results.json), so the numbers in
-MODEL_CARD.md come from the reports rather than being typed in.
+Run from the repository root: ``python docs/default-model/tables.py [FOLDER]`` (reads
+FOLDER/eval-teacher/results.json and FOLDER/eval-student/results.json; FOLDER defaults to
+docs/default-model, the shipped model's; docs/default-model/v3 holds the previous one's), so the
+numbers in MODEL_CARD.md come from the reports rather than being typed in.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ATTRS = ("texture", "pitch", "count", "tempo", "loudness", "envelope", "direction")
 
 
-def _load(name: str) -> dict:
-    return json.loads((HERE / name / "results.json").read_text())
+def _load(folder: Path, name: str) -> dict:
+    return json.loads((folder / name / "results.json").read_text())
 
 
 def accuracy_table(teacher: dict, student: dict) -> str:
@@ -53,7 +55,8 @@ def content_table(student: dict) -> str:
 
 
 if __name__ == "__main__":
-    t, s = _load("eval-teacher"), _load("eval-student")
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+    t, s = _load(folder, "eval-teacher"), _load(folder, "eval-student")
     print(accuracy_table(t, s))
     print()
     print(content_table(s))
