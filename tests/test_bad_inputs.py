@@ -208,13 +208,12 @@ def test_ranges_are_checked_before_the_model_loads(files, monkeypatch, flags):
     from typer.testing import CliRunner
 
     import soundctm.cli.models
-    import soundctm.cli.sample
     from soundctm.cli.app import build_app
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(soundctm.cli.sample, "load_model", never)
+    # every command loads through soundctm.cli.models.load_model (imported at call time)
     monkeypatch.setattr(soundctm.cli.models, "load_model", never)
     root, names = files
     out = root / "out-early"
