@@ -200,16 +200,17 @@ def weight_paths(paths: dict[str, str]) -> Iterator[None]:
 
 # -- hashing ------------------------------------------------------------------------------------
 
-_HASHES: dict[tuple[str, int, int], str] = {}
+_HASHES: dict[tuple[str, str, int, int], str] = {}
 
 
-def sha256_of(path: Path) -> str:
-    """The hex SHA-256 of ``path``, remembered for the process by (path, size, mtime): a large
-    file opened by several embedders or metrics is hashed once."""
+def _digest(path: Path, kind: str, start: Callable[[int], Any]) -> str:
+    """The hex digest ``start(size)`` (a fresh hashlib object) makes of the bytes of ``path``,
+    remembered for the process by (kind, path, size, mtime): a large file opened by several
+    embedders or metrics is hashed once."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (kind, str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
-        digest = hashlib.sha256()
+        digest = start(st.st_size)
         with path.open("rb") as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)
@@ -217,21 +218,19 @@ def sha256_of(path: Path) -> str:
     return _HASHES[key]
 
 
-_BLOBS: dict[tuple[str, int, int], str] = {}
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of ``path`` (remembered for the process)."""
+    return _digest(path, "sha256", lambda _size: hashlib.sha256())
 
 
 def git_blob_of(path: Path) -> str:
     """The Git object id of ``path`` as a blob: SHA-1 of ``b"blob <size>\\0"`` followed by the
     bytes (what ``git hash-object`` prints), remembered like :func:`sha256_of`."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _BLOBS:
-        digest = hashlib.sha1(f"blob {st.st_size}\0".encode(), usedforsecurity=False)
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-        _BLOBS[key] = digest.hexdigest()
-    return _BLOBS[key]
+    return _digest(
+        path,
+        "git-blob",
+        lambda size: hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False),
+    )
 
 
 def hash_status(spec: WeightSpec, actual: str, path: Path | None = None) -> Status:
@@ -391,7 +390,8 @@ def _download(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _HASHES[(str(final.resolve()), final.stat().st_size, final.stat().st_mtime_ns)] = actual
+    st = final.stat()
+    _HASHES[("sha256", str(final.resolve()), st.st_size, st.st_mtime_ns)] = actual
     return final
 
 
