@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,10 +50,9 @@ from soundctm.eval.embedders import load_weight_file, peak_normalise
 from soundctm.eval.weights import (
     CLAP,
     CLAP_FUSION,
-    WeightRecord,
+    WeightFileUser,
     WeightsFileError,
     fetch_weights,
-    record,
 )
 
 SAMPLE_RATE = 48000
@@ -310,7 +308,7 @@ def load_audio_model(state: dict[str, Tensor], source: str) -> tuple[nn.Module, 
 # -- the embedder ---------------------------------------------------------------------------------
 
 
-class LaionClapEmbedder(nn.Module):
+class LaionClapEmbedder(nn.Module, WeightFileUser):
     """The ``clap`` embedder: LAION-CLAP audio (``embed``) and text (``embed_text``) towers in
     one 512-d space (see the module docstring for the front end).
 
@@ -343,7 +341,6 @@ class LaionClapEmbedder(nn.Module):
         tokenizer = tokenizer or os.environ.get(TOKENIZER_ENV, "").strip() or "roberta-base"
         spec = CLAP_FUSION if fusion else CLAP
         path = fetch_weights(spec, weights)
-        self.weights_path = Path(path)
         source = f"CLAP checkpoint {path}"
         state = strip_module(load_weight_file(path))
         self.audio, self.audio_config = load_audio_model(state, source)
@@ -354,9 +351,7 @@ class LaionClapEmbedder(nn.Module):
                 f"but fusion={fusion} was asked for; pass the matching checkpoint "
                 f"({CLAP_FUSION.filename if fusion else CLAP.filename})"
             )
-        rec = record(CLAP_FUSION if self.fusion else CLAP, self.weights_path)
-        self.checksum = rec.sha256
-        self.weights: list[WeightRecord] = [rec]
+        self.use_weight_file(CLAP_FUSION if self.fusion else CLAP, path)
         try:
             params, text_state, _ = clap_text_state(state, "v1", source=source)
         except Exception as exc:  # CheckpointError / InvalidArgumentError: one line, the file

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +24,10 @@ from soundctm.engine.dsp import mel_filterbank
 from soundctm.errors import InvalidArgumentError
 from soundctm.eval.embedders import load_weight_file, peak_normalise, state_mismatch
 from soundctm.eval.weights import (
-    WeightRecord,
+    WeightFileUser,
     WeightsFileError,
     WeightSpec,
     fetch_weights,
-    record,
 )
 
 SAMPLE_RATE = 48000
@@ -232,7 +230,7 @@ class OpenL3(nn.Module):
         return x.amax(dim=(2, 3))
 
 
-class OpenL3Embedder:
+class OpenL3Embedder(WeightFileUser):
     """The ``openl3`` embedder: OpenL3 mel256 / 512-d with the user's torchopenl3 weights.
 
     ``weights``: path to ``torchopenl3_mel256_{content_type}_512.pth.tar`` (a torch pickle of
@@ -278,11 +276,7 @@ class OpenL3Embedder:
         if not hop_s > 0 or int(hop_s * SAMPLE_RATE) < 1:
             raise InvalidArgumentError(f"openl3 hop_s must be positive, got {hop_s}")
         spec = SPECS[content_type]
-        path = fetch_weights(spec, weights)
-        self.weights_path = Path(path)
-        rec = record(spec, self.weights_path)
-        self.checksum = rec.sha256
-        self.weights: list[WeightRecord] = [rec]
+        path = self.use_weight_file(spec, fetch_weights(spec, weights))
         state = load_weight_file(path)
         self.model = OpenL3.from_state_dict(state, source=f"weight file {path}")
         # channels-last convolutions: about 20% faster on CPU, same numbers

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +23,10 @@ from torch import Tensor, nn
 from soundctm.errors import InvalidArgumentError
 from soundctm.eval.embedders import load_weight_file, peak_normalise, state_mismatch
 from soundctm.eval.weights import (
-    WeightRecord,
+    WeightFileUser,
     WeightsFileError,
     WeightSpec,
     fetch_weights,
-    record,
 )
 
 # hear21passt.base.get_basic_model: AugmentMelSTFT(n_mels=128, sr=32000, win_length=800,
@@ -366,7 +364,7 @@ def stable_audio_windows(
     return out
 
 
-class PaSSTEmbedder:
+class PaSSTEmbedder(WeightFileUser):
     """The ``passt`` embedder/classifier: PaSST-S with the user's hear21passt weights.
 
     ``weights``: path to ``passt-s-f128-p16-s10-ap.476-swa.pt`` (a torch pickle of the state
@@ -409,11 +407,7 @@ class PaSSTEmbedder:
             raise InvalidArgumentError(
                 f"passt collect must be one of {', '.join(COLLECTS)}, got {collect!r}"
             )
-        path = fetch_weights(PASST, weights)
-        self.weights_path = Path(path)
-        rec = record(PASST, self.weights_path)
-        self.checksum = rec.sha256
-        self.weights: list[WeightRecord] = [rec]
+        path = self.use_weight_file(PASST, fetch_weights(PASST, weights))
         self.protocol = protocol
         self.collect = collect
         self.model = PaSST.from_state_dict(load_weight_file(path), source=f"weight file {path}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +23,7 @@ from soundctm.eval.embedders import load_weight_file, state_mismatch
 from soundctm.eval.weights import (
     VGGISH,
     VGGISH_PCA,
-    WeightRecord,
+    WeightFileUser,
     WeightsFileError,
     WeightsNotFoundError,
     fetch_weights,
@@ -248,7 +247,7 @@ class VGGish(nn.Module):
         return torch.stack([f.mean(0) for f in self.embed_frames(audio)])
 
 
-class VGGishEmbedder:
+class VGGishEmbedder(WeightFileUser):
     """The ``vggish`` embedder: :class:`VGGish` with the user's torchvggish weights.
 
     ``weights``: path to ``vggish-10086976.pth`` (a torch pickle of the state dict, read with
@@ -278,11 +277,7 @@ class VGGishEmbedder:
         device: str | torch.device = "cpu",
         batch_size: int = 64,
     ) -> None:
-        path = fetch_weights(VGGISH, weights)
-        self.weights_path = path
-        rec = record(VGGISH, Path(path))
-        self.checksum = rec.sha256
-        self.weights: list[WeightRecord] = [rec]
+        path = self.use_weight_file(VGGISH, fetch_weights(VGGISH, weights))
         state = load_weight_file(path)
         self.model = VGGish(final_relu=final_relu, postprocess=postprocess, init_weights=False)
         self.model.load_weights(state, source=f"weight file {path}")

@@ -265,6 +265,25 @@ def record(spec: WeightSpec, path: Path) -> WeightRecord:
     return WeightRecord(spec.name, spec.filename, str(path), actual, status)
 
 
+class WeightFileUser:
+    """Mixin of the embedders built from one published weight file: what they expose of it.
+
+    ``weights_path`` (the file used), ``checksum`` (its SHA-256) and ``weights`` (its
+    :class:`WeightRecord` first; an embedder may append the records of further files)."""
+
+    weights_path: Path
+    checksum: str
+    weights: list[WeightRecord]
+
+    def use_weight_file(self, spec: WeightSpec, path: Path | str) -> Path:
+        """Record ``path`` as this embedder's file of ``spec``; returns it as a Path."""
+        rec = record(spec, Path(path))
+        self.weights_path = Path(path)
+        self.checksum = rec.sha256
+        self.weights = [rec]
+        return self.weights_path
+
+
 # -- finding and downloading --------------------------------------------------------------------
 
 
