@@ -12,7 +12,12 @@ from typer.testing import CliRunner
 
 from soundctm.cli.app import build_app
 from soundctm.engine.checkpoint import read_card
-from soundctm.engine.pack import cast_floating, pack_checkpoint, weights_bytes
+from soundctm.engine.pack import (
+    cast_floating,
+    pack_checkpoint,
+    portable_provenance,
+    weights_bytes,
+)
 from soundctm.engine.pipeline import Pipeline
 from soundctm.errors import CheckpointError
 
@@ -88,3 +93,47 @@ def test_pack_sets_the_default_guidance(tmp_path, student_dir, teacher_dir):
     assert pipe.generate(["a beep"], seeds=[1]).params[0].omega == 4.5
     bad = run("pack", student_dir, "--out", tmp_path / "q", "--omega", "-1")
     assert bad.exit_code == 2 and "omega" in bad.stderr and not (tmp_path / "q").exists()
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_portable_provenance_cuts_absolute_paths_only():
+    prov = {
+        "init_from": {"model": "C:\\runs\\teacher", "path": "/home/me/runs/teacher", "n": 3},
+        "kept": ["hf:Sony/soundctm", "runs/teacher", "a beep / a buzz", "2026-12-07T19:58:33"],
+        "share": "\\\\host\\share\\model",
+    }
+    assert portable_provenance(prov) == {
+        "init_from": {"model": "teacher", "path": "teacher", "n": 3},
+        "kept": ["hf:Sony/soundctm", "runs/teacher", "a beep / a buzz", "2026-12-07T19:58:33"],
+        "share": "model",
+    }
+
+
+def test_pack_ships_no_absolute_path(tmp_path, student_dir, teacher_dir):
+    """A card initialised from a local folder records its absolute path; the packed copy keeps
+    the parent's card hash but not the build machine's folder (student and bundled teacher)."""
+    parent = {
+        "model": "runs/parent",
+        "path": str(tmp_path / "runs" / "parent"),
+        "card_sha256": "ab",
+    }
+    shutil.copytree(teacher_dir, student_dir / "teacher")
+    for card_file in (student_dir / "model.json", student_dir / "teacher" / "model.json"):
+        card = json.loads(card_file.read_text())
+        card["provenance"]["init_from"] = dict(parent)
+        card["provenance"]["nested"] = {"init_from": dict(parent)}
+        card_file.write_text(json.dumps(card))
+    packed = pack_checkpoint(student_dir, tmp_path / "packed")
+    for folder in (packed, packed / "teacher"):
+        prov = read_card(folder).provenance
+        assert prov["init_from"] == {"model": "runs/parent", "path": "parent", "card_sha256": "ab"}
+        assert prov["nested"]["init_from"]["path"] == "parent"
+        assert not [s for s in _strings(prov) if s.startswith(str(tmp_path))]
+    Pipeline.load(packed)

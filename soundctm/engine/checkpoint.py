@@ -220,6 +220,12 @@ def check_format_version(version: object, where: Path, supported: int) -> int:
     return version
 
 
+def is_absolute_path(name: str) -> bool:
+    """True for an absolute POSIX or Windows path (``/x``, ``C:\\x``, ``\\\\host\\x``, ``\\x``)."""
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    return posix.is_absolute() or windows.is_absolute() or bool(windows.drive or windows.root)
+
+
 def inside_file(root: Path, name: object, *, field: str, where: Path) -> Path:
     """``root / name``, refused with a :class:`CheckpointError` naming ``field`` (in ``where``)
     unless ``name`` is a relative path that stays inside ``root``.
@@ -232,10 +238,9 @@ def inside_file(root: Path, name: object, *, field: str, where: Path) -> Path:
     if not isinstance(name, str) or not name.strip():
         problem = "is not a file name"
     else:
-        posix, windows = PurePosixPath(name), PureWindowsPath(name)
-        if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
+        if is_absolute_path(name):
             problem = "is an absolute path"
-        elif ".." in posix.parts or ".." in windows.parts:
+        elif ".." in PurePosixPath(name).parts or ".." in PureWindowsPath(name).parts:
             problem = "contains '..'"
         else:
             base = Path(root).resolve()

@@ -11,8 +11,10 @@ changes (measure what that does to the sound before shipping; the default model'
 ``omega`` (optional) sets the default guidance scale of every packed card (``defaults.omega``:
 the CFG scale of a teacher, the guidance input of a student), for shipping the setting that was
 measured best. The card records ``provenance.packed = {"dtype", "source"}`` (and ``"omega"``);
-a student's ``provenance.teacher`` becomes ``"teacher"`` when the teacher travels with it, so no
-absolute path of the build machine is shipped.
+a student's ``provenance.teacher`` becomes ``"teacher"`` when the teacher travels with it, and
+every other absolute path in the provenance (the folder a run was initialised from, ``init_from
+.path``, for one) is cut to its last component (:func:`portable_provenance`), so no path of the
+build machine is shipped. What identifies a parent is its card hash, which is kept.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,6 +31,7 @@ from torch import Tensor
 from soundctm.engine.checkpoint import (
     COMPONENT_KINDS,
     ModelCard,
+    is_absolute_path,
     read_card,
     read_weights,
     save_checkpoint,
@@ -55,6 +59,18 @@ def check_castable(state: dict[str, Tensor], dtype: torch.dtype, where: str) -> 
             )
 
 
+def portable_provenance(value: Any) -> Any:
+    """``value`` (a card's provenance, or part of it) with every string that is an absolute path
+    cut to its last component: ``/home/me/runs/teacher`` -> ``teacher``."""
+    if isinstance(value, dict):
+        return {k: portable_provenance(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_provenance(v) for v in value]
+    if isinstance(value, str) and is_absolute_path(value):
+        return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
+    return value
+
+
 def _pack_one(
     src: Path, dst: Path, dtype: torch.dtype, name: str, teacher: bool, omega: float | None
 ) -> ModelCard:
@@ -65,6 +81,7 @@ def _pack_one(
         check_castable(state, dtype, f"{src} ({kind})")
         weights[kind] = cast_floating(state, dtype)
     card = card.model_copy(deep=True)
+    card.provenance = portable_provenance(card.provenance)
     card.provenance["packed"] = {"dtype": name, "source": src.resolve().name}
     if omega is not None:
         card.defaults.omega = omega
