@@ -199,25 +199,34 @@ def test_mismatches_are_one_line_errors(tmp_path, parent):
         tune_spec(tmp_path / "g", parent, init_components=["decoder"])
 
 
-def test_resume_wins_over_init_from(tmp_path, parent):
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"freeze": ["backbone.inp.*"]}, {"lora_rank": 2, "lora_targets": ["emb"]}],
+    ids=["full", "freeze", "lora"],
+)
+def test_resume_wins_over_init_from(tmp_path, parent, extra):
+    """A resumed run equals an uninterrupted one, also where the EMA shares its frozen
+    weights with the model and the state saves only the EMA's own (freeze, LoRA)."""
     data = ComponentCard(name="toy-tones", params={"size": 16})
     out = tmp_path / "r"
     events: list[object] = []
     # --resume with nothing to resume yet and --init-from: a fresh start from the model
     train_teacher(
-        tune_spec(out, parent, dataset=data, steps=2, save_every=2), resume=True,
+        tune_spec(out, parent, dataset=data, steps=2, save_every=2, **extra), resume=True,
         callback=events.append,
     )  # fmt: skip
-    more = tune_spec(out, parent, dataset=data, steps=4)
+    more = tune_spec(out, parent, dataset=data, steps=4, **extra)
     train_teacher(more, resume=True, callback=events.append)
     texts = [e.text for e in events if isinstance(e, Message)]
     assert any("starting from the weights" in t for t in texts)
     assert any("its weights win over --init-from" in t for t in texts)
     straight = tmp_path / "s"
-    train_teacher(tune_spec(straight, parent, dataset=data, steps=4))
+    train_teacher(tune_spec(straight, parent, dataset=data, steps=4, **extra))
     a = load_file(str(out / "state" / "step-0000004" / "state.safetensors"))
     b = load_file(str(straight / "state" / "step-0000004" / "state.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    frozen = [k for k in a if k.startswith("model.") and f"ema.{k[6:]}" not in a]
+    assert bool(frozen) == bool(extra)  # only the frozen weights are left out of the EMA
 
 
 def test_distill_init_from_a_student(tmp_path, parent):

@@ -11,7 +11,6 @@ RAdam, gradient clip, EMA target update after each step. The student starts from
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from soundctm.training.ctm_losses import (
     teacher_solve,
 )
 from soundctm.training.data import UNUSABLE_FILES, build_dataset, dataset_report, drop_captions
+from soundctm.training.ema import ema_copy
 from soundctm.training.finetune import (
     Parent,
     apply_freeze,
@@ -219,7 +219,12 @@ def distill_run(
     lora = None
     if spec.lora_rank and parent is not None:
         lora = start_lora(
-            student_backbone, parent, spec.lora_rank, spec.lora_alpha, spec.lora_targets
+            student_backbone,
+            parent,
+            spec.lora_rank,
+            spec.lora_alpha,
+            spec.lora_targets,
+            spec.seed,
         )
     student = CTM(student_backbone, tcard.sigma_data, STUDENT).to(device).train()
     apply_freeze(named_parameters({"backbone": student_backbone}), spec.freeze)
@@ -231,7 +236,7 @@ def distill_run(
         },
         callback,
     )
-    target = CTM(copy.deepcopy(student_backbone), tcard.sigma_data, STUDENT).to(device)
+    target = CTM(ema_copy(student_backbone), tcard.sigma_data, STUDENT).to(device)
     target.eval().requires_grad_(False)
     optimizer = torch.optim.RAdam(trainable_parameters(student), lr=spec.lr)
     start = 0

@@ -40,6 +40,7 @@ from soundctm.engine.hub import resolve as resolve_hub
 from soundctm.engine.lora import add_lora, target_layers
 from soundctm.errors import CheckpointError, InvalidArgumentError
 from soundctm.events import Callback, ParameterReport, emit
+from soundctm.training.rng import seeded_init
 
 
 @dataclass(frozen=True)
@@ -182,13 +183,20 @@ def parent_identity(parent: Parent) -> str:
 
 
 def start_lora(
-    backbone: nn.Module, parent: Parent, rank: int, alpha: float | None, targets: list[str] | None
+    backbone: nn.Module,
+    parent: Parent,
+    rank: int,
+    alpha: float | None,
+    targets: list[str] | None,
+    seed: int,
 ) -> LoraCard:
     """Put LoRA adapters on ``backbone`` (its base weights frozen) and return the card entry
-    that ties the adapter to ``parent``."""
+    that ties the adapter to ``parent``. The adapters' initial weights are drawn from ``seed``
+    (:func:`~soundctm.training.rng.seeded_init`), so a run is a function of its seed."""
     layers = target_layers(backbone, targets)
     alpha = float(alpha if alpha is not None else rank)
-    add_lora(backbone, layers, rank, alpha)
+    with seeded_init(seed):
+        add_lora(backbone, layers, rank, alpha)
     return LoraCard(
         parent=parent_identity(parent),
         parent_card_sha256=parent.record["card_sha256"],

@@ -25,7 +25,7 @@ from soundctm.engine.pipeline import Pipeline
 from soundctm.engine.specs import ComponentSpec
 from soundctm.errors import InvalidArgumentError
 from soundctm.events import Callback, CheckpointSaved, Message, emit
-from soundctm.training.ema import ema_update
+from soundctm.training.ema import ema_state, ema_update, load_ema_state
 from soundctm.training.loop import (
     check_finite,
     make_accelerator,
@@ -150,10 +150,10 @@ def resume(
 ) -> int:
     """Load the state folder ``state`` into ``model``, ``ema`` and ``optimizer``; returns its step.
     The metrics log is rewound to that step."""
-    meta, model_state, ema_state, optim_state = load_state(state)
+    meta, model_state, ema_saved, optim_state = load_state(state)
     check_resumable(meta.get("spec", {}), config)
     model.load_state_dict(model_state)
-    ema.load_state_dict(ema_state)
+    load_ema_state(ema, model, ema_saved)
     optimizer.load_state_dict(optim_state)
     start = int(meta["step"])
     emit(callback, Message(f"resuming from {state} at step {start}"))
@@ -236,7 +236,7 @@ def save_step(
         out / "state" / tag,
         step=step,
         model=backbone.state_dict(),
-        ema=run.ema.state_dict(),
+        ema=ema_state(run.ema, backbone),
         optimizer=optimizer.state_dict(),
         extra={"spec": cfg.to_json(), "soundctm_version": __version__},
     )

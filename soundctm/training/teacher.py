@@ -7,7 +7,6 @@ the denoising score matching loss; :func:`soundctm.training.fit.fit` is the loop
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from soundctm.training.data import (
     drop_captions,
     mix_batch,
 )
+from soundctm.training.ema import ema_copy
 from soundctm.training.finetune import (
     apply_freeze,
     named_parameters,
@@ -213,7 +213,12 @@ def teacher_run(
     lora = None
     if spec.lora_rank and parent is not None:
         lora = start_lora(
-            pipe.ctm.backbone, parent, spec.lora_rank, spec.lora_alpha, spec.lora_targets
+            pipe.ctm.backbone,
+            parent,
+            spec.lora_rank,
+            spec.lora_alpha,
+            spec.lora_targets,
+            spec.seed,
         )
     for comp in (pipe.text_encoder, pipe.autoencoder):
         if isinstance(comp, nn.Module):
@@ -221,7 +226,7 @@ def teacher_run(
     ctm = pipe.ctm.train()
     apply_freeze(named_parameters(components), spec.freeze)
     parameter_report(components, callback)
-    ema = copy.deepcopy(ctm.backbone).requires_grad_(False).eval()
+    ema = ema_copy(ctm.backbone)
     optimizer = torch.optim.AdamW(
         trainable_parameters(ctm), lr=spec.lr, weight_decay=spec.weight_decay
     )

@@ -7,9 +7,12 @@ process); the child also reports its own high-water mark after building the netw
 step's share is visible. A case builds the backbone as ``train --init-from`` holds it (the
 parent's weights loaded: here random), adds adapters for LoRA, builds AdamW over the trainable
 parameters as the training loop does, then runs forward, backward and the optimizer step.
-``--ema`` also holds the EMA copy of the backbone that ``soundctm train`` keeps (in both modes).
+``--ema`` also holds the EMA copy of the backbone that ``soundctm train`` keeps (in both modes),
+made as training makes it (:func:`soundctm.training.ema.ema_copy`: frozen weights shared with the
+model, so a LoRA run's EMA holds only the adapters); ``--ema-full-copy`` holds a full deep copy
+instead, as training did before.
 
-    python tests/benchmarks/lora_memory.py [--rank 8] [--ema] [--only full|lora]
+    python tests/benchmarks/lora_memory.py [--rank 8] [--ema | --ema-full-copy] [--only full|lora]
 """
 
 from __future__ import annotations
@@ -31,14 +34,19 @@ except OSError:
 from soundctm.builtin.unet import UNet2DBackbone
 from soundctm.engine.conditioning import Conditioning
 from soundctm.engine.lora import add_lora, target_layers
-mode, rank, ema = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+from soundctm.training.ema import ema_copy
+mode, rank, ema = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
 backbone = UNet2DBackbone(None, student=False).train()
 layers = []
 if mode == "lora":
     layers = target_layers(backbone)
     add_lora(backbone, layers, rank, float(rank))
-shadow = copy.deepcopy(backbone).requires_grad_(False) if ema else None
+shadow = None
+if ema == "shared":
+    shadow = ema_copy(backbone)
+elif ema == "copy":
+    shadow = copy.deepcopy(backbone).requires_grad_(False)
 built_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 params = [p for p in backbone.parameters() if p.requires_grad]
 opt = torch.optim.AdamW(params, lr=1e-4)
@@ -69,13 +77,13 @@ def available_gib() -> float:
     return float("inf")
 
 
-def run(mode: str, rank: int, ema: bool) -> dict:
+def run(mode: str, rank: int, ema: str) -> dict:
     from official_unet_realsize import timed
 
-    need = (16.0 if mode == "full" else 5.0) + (3.5 if ema else 0.0)
+    need = (16.0 if mode == "full" else 5.0) + (3.5 if ema != "none" else 0.0)
     if available_gib() < need:  # a shared machine: never push others into the OOM killer
         raise SystemExit(f"{mode}: {available_gib():.1f} GiB available, need about {need} GiB")
-    result = timed([sys.executable, "-c", CHILD, mode, str(rank), "1" if ema else "0"])
+    result = timed([sys.executable, "-c", CHILD, mode, str(rank), ema])
     child = json.loads(result.pop("stdout").splitlines()[-1])
     return {**child, **result}
 
@@ -83,18 +91,21 @@ def run(mode: str, rank: int, ema: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--ema", action="store_true")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--ema", action="store_true", help="Hold the EMA as training does.")
+    group.add_argument("--ema-full-copy", action="store_true", help="Hold a full EMA copy.")
     parser.add_argument("--only", choices=("full", "lora"), help="Run one case.")
     args = parser.parse_args()
+    ema = "shared" if args.ema else "copy" if args.ema_full_copy else "none"
     if args.only:
-        print(json.dumps(run(args.only, args.rank, args.ema)))
+        print(json.dumps(run(args.only, args.rank, ema)))
         return
-    rows = [run(mode, args.rank, args.ema) for mode in ("lora", "full")][::-1]
+    rows = [run(mode, args.rank, ema) for mode in ("lora", "full")][::-1]
     for row in rows:
         print(json.dumps(row))
     full, lora = rows
     print(
-        f"peak RSS, one step, batch 1, CPU{' (with the EMA copy)' if args.ema else ''}: "
+        f"peak RSS, one step, batch 1, CPU (EMA: {ema}): "
         f"full {full['peak_gib']} GiB, LoRA r={args.rank} {lora['peak_gib']} GiB "
         f"(ratio {lora['peak_gib'] / full['peak_gib']:.2f}); trainable "
         f"{full['trainable'] / 1e6:.1f}M vs {lora['trainable'] / 1e6:.2f}M"
