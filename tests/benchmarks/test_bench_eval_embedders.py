@@ -41,28 +41,27 @@ def clips(rate: int) -> EvalSet:
     return EvalSet(items, rate)
 
 
+def _built(tmp_path_factory, network, file_name: str, embedder):
+    """``embedder`` on a weight file of ``network`` with random weights (seed 0)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp(file_name.split("-")[0].split("_")[0]) / file_name
+    torch.save(network().state_dict(), path)
+    return embedder(path)
+
+
 @pytest.fixture(scope="module")
 def passt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("passt") / "passt-s-f128-p16-s10-ap.476-swa.pt"
-    torch.save(PaSST().state_dict(), path)
-    return PaSSTEmbedder(path)
+    return _built(tmp_path_factory, PaSST, "passt-s-f128-p16-s10-ap.476-swa.pt", PaSSTEmbedder)
 
 
 @pytest.fixture(scope="module")
 def openl3(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("openl3") / "torchopenl3_mel256_env_512.pth.tar"
-    torch.save(OpenL3().state_dict(), path)
-    return OpenL3Embedder(path)
+    return _built(tmp_path_factory, OpenL3, "torchopenl3_mel256_env_512.pth.tar", OpenL3Embedder)
 
 
 @pytest.fixture(scope="module")
 def vggish(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vggish") / "vggish-10086976.pth"
-    torch.save(VGGish().state_dict(), path)
-    return VGGishEmbedder(path)
+    return _built(tmp_path_factory, VGGish, "vggish-10086976.pth", VGGishEmbedder)
 
 
 def _time(benchmark, embedder, kind, rate, tmp_path):
